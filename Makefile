@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# The test suite runs its own Kafka and PostgreSQL on other ports, beside any `make run` stack.
+TEST_STACK := BLONET_STACK_DIR=$(CURDIR)/var/test-stack BLONET_KAFKA_PORT=19092 BLONET_KAFKA_CONTROLLER_PORT=19093 BLONET_PG_PORT=15433
+
+.PHONY: install run test stop bench check-compose
+
+$(STAMP): pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 not found (need Python 3.11)"; exit 1; }
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: install  ## start Kafka, PostgreSQL, the four services and the demo; Ctrl-C stops it all
+	@deploy/run.sh
+
+test: install  ## start the test stack and run every test
+	$(TEST_STACK) deploy/stack.sh start
+	$(TEST_STACK) $(BIN)/pytest $(PYTEST_ARGS)
+
+stop:  ## stop anything `make run` or `make test` left running
+	-deploy/stack.sh stop
+	-$(TEST_STACK) deploy/stack.sh stop
+
+bench: install  ## the throughput/latency benchmark against a running `make run` stack
+	$(BIN)/python -m bench.pipeline

@@ -1,0 +1,1 @@
+"""The local demo: agency inboxes that verify signatures, the exercise scenario, a supervisor."""

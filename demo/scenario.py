@@ -1,0 +1,33 @@
+"""The first scenario of the May 2017 Dostuk exercise, and what BLOnet must do with it."""
+from __future__ import annotations
+
+SCENARIO = {
+    "sender_agency": "kg-sbs",
+    "sender_post": "bor-dobo",
+    "category": "drugs",
+    "severity": "severe",
+    "urgency": "future",
+    "certainty": "likely",
+    "effective": "2017-05-15T00:00:00+06:00",
+    "expires": "2017-05-20T23:59:59+06:00",
+    "location": {"post": "dostuk", "border_segment": "KG-UZ", "direction": {"from_country": "KG", "to_country": "UZ"}},
+    "headline": "Высокий риск наркотрафика из Кыргызстана в Узбекистан через Достук, 15–20 мая",
+    "description": "По оперативным данным ПКП Бор-Добо, в середине мая ожидается попытка перемещения "
+                   "наркотиков из Кыргызстана в Узбекистан через пункт пропуска Достук.",
+    "instruction": "Усилить пограничный контроль на ПП Достук 15–20 мая.",
+    "language": "ru",
+    "tlp": "TLP:AMBER",
+    "handling": ["H0"],
+}
+
+# (agency, unit, endpoint, expected): the foundation issue's table, exactly.
+EXPECTED_RECIPIENTS = {
+    "ep-blo-dostuk": ("kg-sbs", "blo-dostuk", "full"),
+    "ep-kg-moi-dostuk": ("kg-moi", "kg-moi-dostuk", "full"),
+    "ep-kg-customs-dostuk": ("kg-customs", "kg-customs-dostuk", "full"),
+    "ep-uz-sbs-dustlik": ("uz-sbs", "uz-sbs-dustlik", "full"),
+    "ep-kg-gknb-bgs": ("kg-gknb-bgs", None, "summary"),
+    "ep-kz-mof": ("kz-mof", None, "summary"),
+    "ep-unodc": ("unodc", None, "summary"),
+}
+EXPECTED_DENIED = {("tj-bs", "tj-bs-kyzyl-art"): "not_on_route"}

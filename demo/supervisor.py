@@ -1,0 +1,190 @@
+"""`blonet run`: start the four services and the demo, stream their logs, stop all on Ctrl-C."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from demo.inbox import Inbox, serve
+from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, SCENARIO
+from services.gateway import repository as gateway_repo
+from services.notifier import repository as notifier_repo
+from services.routing.directory import load_network
+from shared import db, topics
+from shared.auth import Role, hash_api_key, new_api_key
+from shared.settings import REPO, Settings, get_settings
+
+SERVICES = ("gateway", "routing", "notifier", "audit")
+console = Console(highlight=False)
+
+
+async def _session_do(settings: Settings, service: str, work):
+    engine = db.make_engine(settings, service, pool_size=1)
+    try:
+        async with db.make_sessionmaker(engine)() as session:
+            result = await work(session)
+            await session.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
+async def prepare(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
+    """Set up database and topics; return the demo's API keys and the endpoints' secrets."""
+    await db.bootstrap(settings)
+    for service in SERVICES:
+        await db.migrate(settings, service)
+    await topics.create_topics(settings)
+    keys_file = REPO / "var" / "demo" / f"keys-{settings.pg_port}.json"
+    keys = json.loads(keys_file.read_text()) if keys_file.exists() else {}
+
+    async def issue(session) -> None:
+        for name, agency, roles in (("submit", "kg-sbs", [Role.SUBMIT]), ("operator", "unodc", [Role.OPERATOR]),
+                                    ("auditor", "unodc", [Role.AUDITOR])):
+            if name in keys and await gateway_repo.principal_for_key(session, hash_api_key(keys[name])):
+                continue
+            key_id, keys[name] = new_api_key()
+            await gateway_repo.add_key(session, key_id=key_id, agency=agency, roles=roles,
+                                       key_hash=hash_api_key(keys[name]), label=f"demo {name}")
+
+    await _session_do(settings, "gateway", issue)
+    keys_file.parent.mkdir(parents=True, exist_ok=True)
+    keys_file.touch(mode=0o600)
+    keys_file.write_text(json.dumps(keys, indent=2))
+    directory, _, _ = load_network(settings.network_dir)
+    ids = {e.id for e in directory.endpoints}
+    await _session_do(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, ids))
+    secrets = await _session_do(settings, "notifier", notifier_repo.secrets_by_endpoint)
+    return keys, secrets
+
+
+async def _stream(name: str, proc: asyncio.subprocess.Process) -> None:
+    async for line in proc.stdout:
+        print(f"{name:>8} | {line.decode(errors='replace').rstrip()}", flush=True)
+
+
+async def _wait_ready(http: aiohttp.ClientSession, port: int, proc: asyncio.subprocess.Process, timeout: float = 90) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"service on port {port} exited with {proc.returncode}")
+        try:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.3)
+    raise RuntimeError(f"service on port {port} not ready after {timeout:.0f} s")
+
+
+async def run_scenario(http: aiohttp.ClientSession, settings: Settings, keys: dict[str, str], inbox: Inbox) -> bool:
+    """Submit the exercise's first scenario, wait for its deliveries, print what happened."""
+    auth = {"Authorization": f"Bearer {keys['submit']}"}
+    async with http.post(f"http://127.0.0.1:{settings.gateway_port}/v1/alerts", json=SCENARIO, headers=auth) as r:
+        accepted = await r.json()
+        if r.status != 202:
+            console.print(f"[red]scenario refused: {r.status} {accepted}")
+            return False
+    status: dict = {}
+    for _ in range(200):
+        async with http.get(accepted["status_url"], headers=auth) as r:
+            status = await r.json()
+        states = [x["state"] for x in status.get("recipients", [])]
+        if status.get("status") == "routed" and states and all(s in ("delivered", "failed") for s in states):
+            break
+        await asyncio.sleep(0.15)
+    table = Table(title=f"Scenario: {SCENARIO['headline']}", title_justify="left")
+    for col in ("candidate", "expected", "outcome", "why"):
+        table.add_column(col)
+    got = {x["endpoint"]: x for x in status.get("recipients", [])}
+    ok = set(got) == set(EXPECTED_RECIPIENTS)
+    for endpoint, (agency, unit, profile) in EXPECTED_RECIPIENTS.items():
+        x = got.get(endpoint)
+        verified = len(inbox.received.get(endpoint, []))
+        outcome = f"{x['state']} ({x['profile']} view, signature verified {verified}×)" if x else "MISSING"
+        ok &= bool(x) and x["state"] == "delivered" and x["profile"] == profile and verified >= 1
+        table.add_row(unit or agency, f"receives ({profile})", outcome, x["reason"] if x else "")
+    denied = {(d["agency"], d["unit"]): d for d in status.get("denied", [])}
+    for (agency, unit), code in EXPECTED_DENIED.items():
+        d = denied.get((agency, unit))
+        ok &= bool(d) and d["code"] == code
+        table.add_row(unit, f"not a recipient ({code})", f"denied: {d['code']}" if d else "MISSING", d["explanation"] if d else "")
+    console.print(table)
+    console.print(f"alert {accepted['id']} routed under {status.get('ruleset_hash')}")
+    console.print(f"DEMO SUMMARY: {'OK' if ok else 'MISMATCH'} — {sum(1 for x in got.values() if x['state'] == 'delivered')}"
+                  f"/{len(EXPECTED_RECIPIENTS)} recipients delivered, {len(denied)} denied with reasons")
+    return ok
+
+
+def where_to_look(settings: Settings, keys: dict[str, str], alert_hint: str = "<alert id>") -> str:
+    g, a = settings.gateway_port, settings.audit_port
+    return (
+        f"\nWhere to look:\n"
+        f"  demo inboxes (what each agency received): http://127.0.0.1:{settings.demo_inbox_port}/\n"
+        f"  gateway API docs:                         http://127.0.0.1:{g}/docs\n"
+        f"  alert status:  curl -H 'Authorization: Bearer {keys['submit']}' http://127.0.0.1:{g}/v1/alerts/{alert_hint}\n"
+        f"  audit trail:   TOKEN=$(curl -s -X POST -H 'Authorization: Bearer {keys['auditor']}' http://127.0.0.1:{g}/v1/auth/token | jq -r .access_token)\n"
+        f"                 curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{a}/v1/trail/{alert_hint}\n"
+        f"  demo keys:     var/demo/keys-{settings.pg_port}.json\n"
+        f"Press Ctrl-C to stop everything."
+    )
+
+
+async def main() -> int:
+    settings = get_settings()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console.print("preparing database, topics, demo keys and endpoint secrets…")
+    keys, secrets = await prepare(settings)
+    inbox = Inbox(secrets=lambda: secrets)
+    runner = await serve(inbox, settings.demo_inbox_port)
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    streams = []
+    code = 0
+    try:
+        for name in SERVICES:
+            procs[name] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"services.{name}", stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=os.environ.copy(), start_new_session=True,
+            )
+            streams.append(asyncio.create_task(_stream(name, procs[name])))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            for name in SERVICES:
+                await _wait_ready(http, getattr(settings, f"{name}_port"), procs[name])
+            console.print("all four services are ready; submitting the Dostuk exercise scenario…")
+            ok = await run_scenario(http, settings, keys, inbox)
+        console.print(where_to_look(settings, keys))
+        code = 0 if ok else 1
+        waiter = asyncio.create_task(stop.wait())
+        died = [asyncio.create_task(p.wait()) for p in procs.values()]
+        done, _ = await asyncio.wait([waiter, *died], return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            console.print("[red]a service exited; stopping everything")
+            code = 1
+    except Exception as exc:  # report in one line, then clean up
+        console.print(f"[red]blonet run failed: {exc}")
+        code = 1
+    finally:
+        console.print("stopping services…")
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except asyncio.TimeoutError:
+                proc.kill()
+        for task in streams:
+            task.cancel()
+        await runner.cleanup()
+        console.print("all services stopped")
+    return code

@@ -1,0 +1,1 @@
+"""The four BLOnet services: gateway, routing, notifier, audit."""

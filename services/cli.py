@@ -1,0 +1,119 @@
+"""`blonet`: the one command line for operators and developers."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.gateway import repository as gateway_repo
+from services.notifier import repository as notifier_repo
+from shared import db, topics
+from shared.auth import Role, hash_api_key, new_api_key
+from shared.settings import get_settings
+
+app = typer.Typer(help="BLOnet: route law-enforcement alerts between agencies and across borders.", no_args_is_help=True)
+keys = typer.Typer(help="API keys: issued and revoked here, in one place.", no_args_is_help=True)
+endpoints = typer.Typer(help="Webhook endpoint secrets, owned by the notifier.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+app.add_typer(endpoints, name="endpoints")
+console = Console()
+
+
+async def _with_session(service: str, work):
+    settings = get_settings()
+    engine = db.make_engine(settings, service, pool_size=1)
+    try:
+        await db.migrate(settings, service)
+        async with db.make_sessionmaker(engine)() as session:
+            result = await work(session)
+            await session.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def setup() -> None:
+    """Create the database roles and schemas, run every migration, create the Kafka topics."""
+    async def main() -> list[str]:
+        settings = get_settings()
+        await db.bootstrap(settings)
+        for service in db.SERVICES:
+            await db.migrate(settings, service)
+        return await topics.create_topics(settings)
+
+    created = asyncio.run(main())
+    console.print(f"database ready; topics created: {', '.join(created) or 'none (all existed)'}")
+
+
+@keys.command("create")
+def keys_create(
+    agency: str = typer.Option(..., help="agency id from the network directory"),
+    role: list[Role] = typer.Option(..., help="submit, receive, operator or auditor (repeatable)"),
+    label: str = typer.Option("", help="who or what uses the key"),
+) -> None:
+    """Issue a key; it is printed once and only its hash is stored."""
+    key_id, key = new_api_key()
+    asyncio.run(_with_session("gateway", lambda s: gateway_repo.add_key(
+        s, key_id=key_id, agency=agency, roles=role, key_hash=hash_api_key(key), label=label)))
+    console.print(f"key {key_id} for {agency} ({', '.join(role)}):")
+    print(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (ids, agencies, roles, state) — never the secrets."""
+    rows = asyncio.run(_with_session("gateway", gateway_repo.list_keys))
+    table = Table("key id", "agency", "roles", "label", "created", "revoked")
+    for r in rows:
+        table.add_row(r["key_id"], r["agency"], ",".join(r["roles"]), r["label"], f"{r['created_at']:%Y-%m-%d %H:%M}",
+                      f"{r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "")
+    console.print(table)
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key at once."""
+    if not asyncio.run(_with_session("gateway", lambda s: gateway_repo.revoke_key(s, key_id))):
+        console.print(f"no active key {key_id}")
+        raise typer.Exit(1)
+    console.print(f"key {key_id} revoked")
+
+
+@endpoints.command("sync")
+def endpoints_sync() -> None:
+    """Give every endpoint of the network directory a signing secret if it has none."""
+    from services.routing.directory import load_network
+
+    directory, _, _ = load_network(get_settings().network_dir)
+    ids = {e.id for e in directory.endpoints}
+    asyncio.run(_with_session("notifier", lambda s: notifier_repo.ensure_endpoints(s, ids)))
+    console.print(f"{len(ids)} endpoints have signing secrets")
+
+
+@endpoints.command("rotate")
+def endpoints_rotate(endpoint: str) -> None:
+    """Replace an endpoint's signing secret and print the new one."""
+    print(asyncio.run(_with_session("notifier", lambda s: notifier_repo.rotate_secret(s, endpoint))))
+
+
+@endpoints.command("export-secrets")
+def endpoints_export(out: Path = typer.Option(..., help="file to write (mode 0600)")) -> None:
+    """Write every endpoint's secret as JSON, for the local demo inboxes."""
+    found = asyncio.run(_with_session("notifier", notifier_repo.secrets_by_endpoint))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.touch(mode=0o600)
+    out.write_text(json.dumps(found, indent=2))
+    console.print(f"{len(found)} secrets written to {out}")
+
+
+@app.command()
+def run() -> None:
+    """Run the four services, the demo inboxes and the demo scenario; Ctrl-C stops everything."""
+    from demo.supervisor import main
+
+    raise typer.Exit(asyncio.run(main()))

@@ -1,0 +1,1 @@
+"""Gateway: the edge where agency systems submit alerts and read their status."""

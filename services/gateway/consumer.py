@@ -1,0 +1,33 @@
+"""The gateway's status view, fed by the submitted, routed and delivery-status topics."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiokafka.structs import ConsumerRecord
+
+from services.gateway import repository
+from shared.events import AlertRouted, AlertSubmitted, DeliveryStatus, Envelope, EventType
+from shared.observability import EVENTS_HANDLED
+from shared.service import Runtime
+
+
+class StatusView:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
+        async with self.rt.sessions() as session:
+            for record in records:
+                env = Envelope.from_bytes(record.value)
+                if env.type is EventType.ALERT_SUBMITTED:
+                    sub = env.payload_as(AlertSubmitted)
+                    await repository.record_alert(
+                        session, alert_id=env.alert_id, thread_id=env.thread_id, sender_agency=sub.alert.sender_agency,
+                        submitted_by=sub.submitted_by, received_at=env.occurred_at, alert=sub.alert.model_dump(mode="json"),
+                    )
+                elif env.type is EventType.ALERT_ROUTED:
+                    await repository.record_routing(session, env.alert_id, env.payload_as(AlertRouted))
+                elif env.type is EventType.DELIVERY_STATUS:
+                    await repository.record_delivery(session, env.alert_id, env.payload_as(DeliveryStatus))
+                EVENTS_HANDLED.labels("gateway", env.type).inc()
+            await session.commit()

@@ -1,0 +1,24 @@
+"""Assemble the notifier service."""
+from __future__ import annotations
+
+from functools import partial
+
+from fastapi import FastAPI
+
+from services.notifier.api import router
+from services.notifier.consumer import DeliveryIntake
+from services.notifier.delivery import Deliverer, outbox_sweeper
+from shared import topics
+from shared.service import Runtime
+from shared.settings import Settings, get_settings
+
+
+def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
+    settings = settings or get_settings()
+    rt = Runtime("notifier", settings.notifier_port, settings)
+    deliverer = Deliverer(rt)
+    rt.consume("notifier", [topics.DELIVERIES_REQUESTED.name], DeliveryIntake(rt, deliverer))
+    rt.workers += [deliverer.run, partial(outbox_sweeper, rt)]
+    app = rt.app()
+    app.include_router(router(rt))
+    return rt, app

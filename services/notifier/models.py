@@ -1,0 +1,57 @@
+"""The notifier's tables (schema `notifier`): endpoint secrets, deliveries, attempts, outbox."""
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary, MetaData, String,
+                        Table, Text, Uuid)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+endpoints = Table(
+    "endpoints", metadata,
+    Column("endpoint", String(64), primary_key=True),
+    Column("secret", Text, nullable=False, comment="whsec_…; never leaves the notifier but via `blonet endpoints`"),
+    Column("enabled", Boolean, nullable=False, server_default="true"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("delivery_id", Uuid, primary_key=True, comment="also the webhook-id: stable across retries"),
+    Column("request_event_id", Uuid, nullable=False),
+    Column("alert_id", Uuid, nullable=False, index=True),
+    Column("thread_id", Uuid, nullable=False),
+    Column("endpoint", String(64), nullable=False),
+    Column("agency", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("body", JSONB, nullable=False),
+    Column("traceparent", String(64)),
+    Column("state", String(16), nullable=False, comment="pending, delivered, failed"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("leased_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("deliveries_due", "due_at", postgresql_where="state = 'pending'"),
+)
+
+attempts = Table(
+    "attempts", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("delivery_id", Uuid, nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("http_status", Integer),
+    Column("error", Text),
+    Column("response_excerpt", Text),
+)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("topic", String(128), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True)),
+    Index("outbox_unpublished", "id", postgresql_where="published_at IS NULL"),
+)

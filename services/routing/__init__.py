@@ -1,0 +1,1 @@
+"""Routing: applies sharing rules to each alert and explains every decision."""

@@ -1,0 +1,1 @@
+"""BLOnet's common code: event contracts, settings, Kafka/DB plumbing, identity."""

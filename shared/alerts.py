@@ -1,0 +1,132 @@
+"""The alert as agencies submit it: BLOnet's own JSON model (CAP 1.2 maps onto it)."""
+from __future__ import annotations
+
+from enum import StrEnum
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+
+class Category(StrEnum):
+    DRUGS = "drugs"
+    PRECURSORS = "precursors"
+    WEAPONS = "weapons"
+    HUMAN_TRAFFICKING = "human_trafficking"
+    SMUGGLED_GOODS = "smuggled_goods"
+    WANTED_PERSON = "wanted_person"
+    VEHICLE_LOOKOUT = "vehicle_lookout"
+    GENERAL_RISK = "general_risk"
+
+
+class Severity(StrEnum):  # CAP 1.2 values
+    EXTREME = "extreme"
+    SEVERE = "severe"
+    MODERATE = "moderate"
+    MINOR = "minor"
+    UNKNOWN = "unknown"
+
+
+class Urgency(StrEnum):
+    IMMEDIATE = "immediate"
+    EXPECTED = "expected"
+    FUTURE = "future"
+    PAST = "past"
+    UNKNOWN = "unknown"
+
+
+class Certainty(StrEnum):
+    OBSERVED = "observed"
+    LIKELY = "likely"
+    POSSIBLE = "possible"
+    UNLIKELY = "unlikely"
+    UNKNOWN = "unknown"
+
+
+class MsgType(StrEnum):
+    ALERT = "alert"
+    UPDATE = "update"
+    CANCEL = "cancel"
+
+
+class Tlp(StrEnum):
+    """FIRST TLP 2.0 labels, most restrictive first."""
+
+    RED = "TLP:RED"
+    AMBER_STRICT = "TLP:AMBER+STRICT"
+    AMBER = "TLP:AMBER"
+    GREEN = "TLP:GREEN"
+    CLEAR = "TLP:CLEAR"
+
+    @property
+    def openness(self) -> int:
+        """Return 0 for RED up to 4 for CLEAR: higher may be shared more widely."""
+        return list(Tlp).index(self)
+
+
+class Handling(StrEnum):
+    """Europol handling codes."""
+
+    H0 = "H0"  # use only to prevent and combat crime
+    H1 = "H1"  # not for judicial proceedings without the provider's permission
+    H2 = "H2"  # no dissemination without the provider's permission
+    H3 = "H3"  # other restrictions, stated in handling_note
+
+
+class Direction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    from_country: str = Field(pattern=r"^[A-Z]{2}$")
+    to_country: str = Field(pattern=r"^[A-Z]{2}$")
+
+
+class Location(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    post: str | None = Field(None, description="id of the crossing point the risk concerns")
+    border_segment: str | None = Field(None, pattern=r"^[A-Z]{2}-[A-Z]{2}$")
+    direction: Direction | None = None
+
+
+class PersonalData(BaseModel):
+    """Redactable fields: removed from views whose agreement forbids personal data."""
+
+    model_config = ConfigDict(extra="forbid")
+    names: list[str] = []
+    document_numbers: list[str] = []
+    vehicle_plates: list[str] = []
+
+
+class Alert(BaseModel):
+    """An alert as submitted; `sender_agency` must match the submitting credential's agency."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sender_agency: str = Field(min_length=1, max_length=64)
+    sender_post: str | None = Field(None, max_length=64)
+    msg_type: MsgType = MsgType.ALERT
+    references: list[UUID] = Field([], description="earlier alerts this one updates or cancels")
+    category: Category
+    severity: Severity
+    urgency: Urgency
+    certainty: Certainty
+    effective: AwareDatetime | None = None
+    expires: AwareDatetime | None = None
+    location: Location = Location()
+    headline: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=20_000)
+    instruction: str | None = Field(None, max_length=4_000, description="requested action")
+    language: str = Field("ru", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    personal_data: PersonalData | None = None
+    addressees: list[str] = Field([], description="agency or unit ids named explicitly")
+    tlp: Tlp = Tlp.AMBER
+    handling: list[Handling] = []
+    handling_note: str | None = Field(None, max_length=1_000)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Alert:
+        if self.effective and self.expires and self.expires <= self.effective:
+            raise ValueError("expires must be later than effective")
+        if self.msg_type != MsgType.ALERT and not self.references:
+            raise ValueError(f"a {self.msg_type} needs references to the alert it concerns")
+        if Handling.H3 in self.handling and not self.handling_note:
+            raise ValueError("handling code H3 needs a handling_note")
+        return self
+

@@ -1,0 +1,105 @@
+"""PostgreSQL plumbing: one database, one schema and one login role per service.
+
+A service's role owns its schema and has no rights on the others, so "no service reads
+another's tables" is enforced by the database, not by convention.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from shared.settings import Settings
+
+SERVICES = ("gateway", "routing", "notifier", "audit")
+MIGRATION_LOCK = 0x426C6F6E  # advisory lock key: one migrator at a time per database
+
+
+def service_url(settings: Settings, role: str) -> URL:
+    return URL.create(
+        "postgresql+asyncpg", username=role, password=settings.password_for(role),
+        host=settings.pg_host, port=settings.pg_port, database=settings.pg_database,
+    )
+
+
+def make_engine(settings: Settings, role: str, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(service_url(settings, role), pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def bootstrap(settings: Settings) -> None:
+    """Create the database, and each service's role and schema, if missing (idempotent)."""
+    admin_url = URL.create(
+        "postgresql+asyncpg", username=settings.pg_superuser, host=settings.pg_host,
+        port=settings.pg_port, database="postgres",
+    )
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            exists = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": settings.pg_database})
+            if not exists:
+                await conn.execute(text(f'CREATE DATABASE "{settings.pg_database}"'))
+            for role in SERVICES:
+                password = settings.password_for(role).replace("'", "''")
+                verb = "ALTER" if await conn.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}) else "CREATE"
+                await conn.execute(text(f"{verb} ROLE {role} LOGIN PASSWORD '{password}'"))
+    finally:
+        await admin.dispose()
+    db = create_async_engine(admin_url.set(database=settings.pg_database), isolation_level="AUTOCOMMIT")
+    try:
+        async with db.connect() as conn:
+            await conn.execute(text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
+            await conn.execute(text(f'REVOKE ALL ON DATABASE "{settings.pg_database}" FROM PUBLIC'))
+            for role in SERVICES:
+                await conn.execute(text(f'GRANT CONNECT ON DATABASE "{settings.pg_database}" TO {role}'))
+                await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {role} AUTHORIZATION {role}"))
+                await conn.execute(text(f'ALTER ROLE {role} IN DATABASE "{settings.pg_database}" SET search_path = {role}'))
+    finally:
+        await db.dispose()
+
+
+def _alembic_config(settings: Settings, service: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent.parent / "services" / service / "migrations"))
+    cfg.attributes["url"] = service_url(settings, service)
+    cfg.attributes["schema"] = service
+    return cfg
+
+
+async def migrate(settings: Settings, service: str) -> None:
+    """Upgrade a service's schema to head (alembic runs its own loop, so in a thread)."""
+    await asyncio.to_thread(command.upgrade, _alembic_config(settings, service), "head")
+
+
+def run_migrations_env(metadata: MetaData) -> None:
+    """Body of each service's alembic env.py: migrate under an advisory lock."""
+    cfg = context.config
+    schema = cfg.attributes["schema"]
+
+    def _run(conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        try:
+            context.configure(connection=conn, target_metadata=metadata, version_table_schema=schema)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+
+    async def _main() -> None:
+        engine = create_async_engine(cfg.attributes["url"])
+        try:
+            async with engine.connect() as conn:
+                await conn.run_sync(_run)
+                await conn.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(_main())

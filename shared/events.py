@@ -1,0 +1,168 @@
+"""Event contracts between services: one versioned envelope and a typed payload per event type.
+
+Every Kafka message value is an `Envelope` serialised as JSON. A payload model declares its
+`event_type` and `schema_version`; consumers parse with `envelope.payload_as(Model)`, which
+refuses a mismatched type or an unknown major version. Add fields compatibly (optional, with
+defaults); anything else is a new schema_version. See docs/events.md.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import ClassVar, TypeVar
+from uuid import UUID
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.alerts import Alert
+from shared.ids import new_id
+
+P = TypeVar("P", bound="Payload")
+
+
+class EventType(StrEnum):
+    ALERT_SUBMITTED = "alert.submitted"
+    ALERT_ROUTED = "alert.routed"
+    DELIVERY_REQUESTED = "delivery.requested"
+    DELIVERY_STATUS = "delivery.status"
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_type: ClassVar[EventType]
+    schema_version: ClassVar[int] = 1
+
+
+class Envelope(BaseModel):
+    """The common wrapper of every event on every topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: UUID = Field(description="UUIDv7; derived deterministically for derived events")
+    type: EventType
+    schema_version: int = Field(ge=1)
+    occurred_at: AwareDatetime
+    origin_node: str
+    alert_id: UUID | None = None
+    thread_id: UUID | None = Field(None, description="the original alert of an update/cancel chain")
+    causation_id: UUID | None = Field(None, description="the event that caused this one")
+    traceparent: str | None = Field(None, description="W3C trace context")
+    payload: dict
+
+    @classmethod
+    def wrap(
+        cls,
+        payload: Payload,
+        *,
+        origin_node: str,
+        alert_id: UUID | None,
+        thread_id: UUID | None,
+        cause: Envelope | None = None,
+        event_id: UUID | None = None,
+        occurred_at: datetime | None = None,
+        traceparent: str | None = None,
+    ) -> Envelope:
+        """Wrap a payload; a caused event inherits the cause's trace context."""
+        return cls(
+            event_id=event_id or new_id(),
+            type=payload.event_type,
+            schema_version=payload.schema_version,
+            occurred_at=occurred_at or datetime.now(timezone.utc),
+            origin_node=origin_node,
+            alert_id=alert_id,
+            thread_id=thread_id,
+            causation_id=cause.event_id if cause else None,
+            traceparent=traceparent or (cause.traceparent if cause else None),
+            payload=payload.model_dump(mode="json"),
+        )
+
+    def payload_as(self, model: type[P]) -> P:
+        """Parse the payload as `model`, refusing another event type or schema version."""
+        if self.type != model.event_type or self.schema_version != model.schema_version:
+            raise ValueError(
+                f"expected {model.event_type} v{model.schema_version}, got {self.type} v{self.schema_version}"
+            )
+        return model.model_validate(self.payload)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Envelope:
+        return cls.model_validate_json(data)
+
+
+class AlertSubmitted(Payload):
+    """An agency's alert, accepted by the gateway (key: thread id)."""
+
+    event_type: ClassVar[EventType] = EventType.ALERT_SUBMITTED
+    alert: Alert
+    submitted_by: str = Field(description="id of the credential that submitted it")
+
+
+class ViewProfile(StrEnum):
+    FULL = "full"  # everything the recipient's agreements allow
+    SUMMARY = "summary"  # observers: what, where, when — no narrative, no personal data
+
+
+class Recipient(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agency: str
+    unit: str | None = None
+    endpoint: str
+    profile: ViewProfile
+    redacted: list[str] = Field([], description="fields removed from this recipient's view")
+    rule: str = Field(description="the route rule (or 'addressee') that selected it")
+    reason: str
+
+
+class Denial(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agency: str
+    unit: str | None = None
+    code: str = Field(description="machine-readable reason, e.g. not_on_route, no_agreement")
+    explanation: str
+
+
+class AlertRouted(Payload):
+    """Routing's decision for one alert (key: thread id)."""
+
+    event_type: ClassVar[EventType] = EventType.ALERT_ROUTED
+    ruleset_hash: str
+    recipients: list[Recipient]
+    denied: list[Denial]
+
+
+class DeliveryRequested(Payload):
+    """One view of one alert to send to one endpoint (key: endpoint id)."""
+
+    event_type: ClassVar[EventType] = EventType.DELIVERY_REQUESTED
+    delivery_id: UUID
+    endpoint: str
+    agency: str
+    unit: str | None = None
+    url: str
+    profile: ViewProfile
+    body: dict = Field(description="the recipient's view of the alert, as routing shaped it")
+
+
+class DeliveryState(StrEnum):
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"  # retry schedule exhausted: dead letter
+
+
+class DeliveryStatus(Payload):
+    """The outcome of a delivery attempt (key: thread id, so an alert's story stays ordered)."""
+
+    event_type: ClassVar[EventType] = EventType.DELIVERY_STATUS
+    delivery_id: UUID
+    endpoint: str
+    agency: str
+    state: DeliveryState
+    attempt: int
+    http_status: int | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    next_attempt_at: AwareDatetime | None = None

@@ -1,0 +1,92 @@
+"""JSON logs carrying alert and event ids, Prometheus metrics, health and readiness routes."""
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+log_context: contextvars.ContextVar[dict] = contextvars.ContextVar("log_context", default={})
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+EVENTS_HANDLED = Counter("blonet_events_handled_total", "Events handled by a consumer", ["service", "type"])
+HTTP_REQUESTS = Histogram(
+    "blonet_http_request_seconds", "HTTP request latency", ["service", "method", "route", "status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "service": self.service, "logger": record.name,
+            "msg": record.getMessage(), **log_context.get(),
+        }
+        doc.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.Formatter.converter = time.gmtime
+    for noisy in ("aiokafka", "uvicorn.access", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+def install(app: FastAPI, service: str, checks: dict[str, ReadinessCheck]) -> None:
+    """Add /healthz, /readyz, /metrics and request metrics to an app.
+
+    These three carry no alert data and are left open for probes and Prometheus; every other
+    route of every service requires a role.
+    """
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "alive", "service": service}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        results = {}
+        for name, check in checks.items():
+            try:
+                await check()
+                results[name] = "ok"
+            except Exception as exc:  # readiness reports, it does not raise
+                results[name] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
+        ready = all(v == "ok" for v in results.values())
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        HTTP_REQUESTS.labels(service, request.method, getattr(route, "path", "unmatched"), response.status_code).observe(
+            time.perf_counter() - start
+        )
+        return response

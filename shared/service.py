@@ -1,0 +1,96 @@
+"""The runtime every service shares: settings, logs, migrations, DB engine, producer, consumers."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from shared import db
+from shared.kafka import EventConsumer, make_producer
+from shared.observability import configure_logging, install
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Holds a service's connections; `app()` builds its FastAPI app with a managed lifespan."""
+
+    def __init__(self, name: str, port: int, settings: Settings | None = None) -> None:
+        self.name, self.port = name, port
+        self.settings = settings or get_settings()
+        self.engine = db.make_engine(self.settings, name)
+        self.sessions = db.make_sessionmaker(self.engine)
+        self.producer: AIOKafkaProducer | None = None  # aiokafka objects need the running loop
+        self.consumers: list[EventConsumer] = []
+        self.workers: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: list[asyncio.Task] = []
+        self.stopping = asyncio.Event()
+
+    def consume(self, group: str, topics: list[str], handler, **kwargs) -> None:
+        """Run `handler` on batches of `topics` as a member of consumer group `group` (both prefixed)."""
+        topic_names = [self.settings.topic(t) for t in topics]
+        self.consumers.append(
+            EventConsumer(self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler, **kwargs)
+        )
+
+    async def _check_db(self) -> None:
+        async with self.engine.connect() as conn:
+            await asyncio.wait_for(conn.execute(text("SELECT 1")), 2)
+
+    async def _check_kafka(self) -> None:
+        if not await asyncio.wait_for(self.producer.client.force_metadata_update(), 2):
+            raise ConnectionError("no Kafka broker answered")
+
+    async def start(self) -> None:
+        await db.migrate(self.settings, self.name)
+        self.producer = make_producer(self.settings)
+        await self.producer.start()
+        self._tasks = [asyncio.create_task(c.run(), name=f"consumer:{c.group}") for c in self.consumers]
+        self._tasks += [asyncio.create_task(w(), name=f"worker:{getattr(w, '__name__', 'worker')}") for w in self.workers]
+        for task in self._tasks:
+            task.add_done_callback(self._on_task_done)
+        log.info("service started", extra={"port": self.port})
+
+    def _on_task_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() and not self.stopping.is_set():
+            log.error("background task died; stopping the service", exc_info=task.exception())
+            os.kill(os.getpid(), signal.SIGTERM)  # let uvicorn shut down cleanly; the supervisor sees it
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        for consumer in self.consumers:
+            consumer.stop()
+        done, pending = await asyncio.wait(self._tasks, timeout=15) if self._tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        if self.producer:
+            await self.producer.stop()
+        await self.engine.dispose()
+        log.info("service stopped")
+
+    def app(self, **fastapi_kwargs) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(_: FastAPI):
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        app = FastAPI(title=f"BLOnet {self.name}", lifespan=lifespan, **fastapi_kwargs)
+        install(app, self.name, {"database": self._check_db, "kafka": self._check_kafka})
+        return app
+
+    def serve(self, app: FastAPI) -> None:
+        """Run the app in the foreground; SIGINT/SIGTERM stop it gracefully."""
+        configure_logging(self.name, self.settings.log_level)
+        uvicorn.run(app, host=self.settings.bind_host, port=self.port, log_config=None, access_log=False)

@@ -1,0 +1,74 @@
+"""Typed settings for every BLOnet process, read from BLONET_* environment variables."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parent.parent
+DEV_DB_PASSWORD_PREFIX = "dev-"
+
+
+class Settings(BaseSettings):
+    """One settings object; each service reads the fields it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="BLONET_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    node_id: str = "blonet-local"  # origin node stamped on every event (federation-ready)
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = ""  # lets tests run isolated topic sets on one broker
+    fetch_max_wait_ms: int = 10
+
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5433
+    pg_database: str = "blonet"
+    pg_superuser: str = "postgres"  # used only by `blonet db bootstrap`
+    db_password: str | None = None  # the current service role's password; dev default below
+
+    token_private_key_file: Path = REPO / "var" / "keys" / "token-signing.pem"
+    token_public_key_file: Path = REPO / "var" / "keys" / "token-signing.pub.pem"
+    token_ttl_seconds: int = 900
+
+    network_dir: Path = REPO / "deploy" / "network"
+
+    bind_host: str = "127.0.0.1"  # loopback only, except inside a container network
+    gateway_port: int = 8000
+    routing_port: int = 8001
+    notifier_port: int = 8002
+    audit_port: int = 8003
+    public_base_url: str = "http://127.0.0.1:8000"
+    demo_inbox_port: int = 8100
+
+    webhook_timeout_seconds: float = 10.0
+    retry_schedule_seconds: list[float] = [1, 5, 30, 120, 600, 1800, 7200]
+    allow_insecure_webhooks: bool = True  # plain http only to loopback; refused in production
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_outside_development(self) -> Settings:
+        if self.environment == "production":
+            if self.db_password is None or self.db_password.startswith(DEV_DB_PASSWORD_PREFIX):
+                raise ValueError("BLONET_DB_PASSWORD must be set to a real secret in production")
+            if self.allow_insecure_webhooks:
+                raise ValueError("BLONET_ALLOW_INSECURE_WEBHOOKS must be false in production")
+            if self.token_private_key_file.is_relative_to(REPO / "var"):
+                raise ValueError("BLONET_TOKEN_*_KEY_FILE must point outside the dev key folder")
+        return self
+
+    def password_for(self, role: str) -> str:
+        """Return the database password of a service role (dev default outside production)."""
+        return self.db_password or f"{DEV_DB_PASSWORD_PREFIX}{role}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,34 @@
+"""Test settings shared by every test: isolated ports, database and topics for this run."""
+from __future__ import annotations
+
+import os
+import secrets
+
+from shared.settings import REPO
+
+RUN = secrets.token_hex(3)
+# The test stack's Kafka and PostgreSQL (started by `make test`, or by the integration fixtures)
+# listen on their own ports beside a `make run` stack; each run gets its own database and topics.
+STACK_ENV = {
+    "BLONET_STACK_DIR": str(REPO / "var" / "test-stack"),
+    "BLONET_KAFKA_PORT": "19092",
+    "BLONET_KAFKA_CONTROLLER_PORT": "19093",
+    "BLONET_PG_PORT": "15433",
+}
+APP_ENV = {
+    "BLONET_ENVIRONMENT": "test",
+    "BLONET_KAFKA_BOOTSTRAP": "127.0.0.1:19092",
+    "BLONET_PG_PORT": "15433",
+    "BLONET_PG_DATABASE": f"blonet_test_{RUN}",
+    "BLONET_TOPIC_PREFIX": f"t{RUN}.",
+    "BLONET_GATEWAY_PORT": "18000",
+    "BLONET_ROUTING_PORT": "18001",
+    "BLONET_NOTIFIER_PORT": "18002",
+    "BLONET_AUDIT_PORT": "18003",
+    "BLONET_DEMO_INBOX_PORT": "18100",
+    "BLONET_PUBLIC_BASE_URL": "http://127.0.0.1:18000",
+    "BLONET_RETRY_SCHEDULE_SECONDS": "[0.2, 0.5, 1]",
+    "BLONET_TOKEN_PRIVATE_KEY_FILE": str(REPO / "var" / "test-keys" / "token.pem"),
+    "BLONET_TOKEN_PUBLIC_KEY_FILE": str(REPO / "var" / "test-keys" / "token.pub.pem"),
+}
+os.environ.update(APP_ENV)

@@ -1,0 +1,153 @@
+"""Real Kafka and PostgreSQL for the integration tests, and the services as real processes."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from demo.inbox import Inbox, serve
+from services.gateway import repository as gateway_repo
+from services.notifier import repository as notifier_repo
+from services.routing.directory import load_network
+from shared import db, topics
+from shared.auth import Role, ensure_signing_key, hash_api_key, new_api_key
+from shared.settings import REPO, Settings, get_settings
+from tests.conftest import APP_ENV, STACK_ENV
+
+INBOX_PORT = int(APP_ENV["BLONET_DEMO_INBOX_PORT"])
+
+
+def start_stack() -> None:
+    """Start the test Kafka and PostgreSQL (idempotent: `make test` may have started them)."""
+    result = subprocess.run([str(REPO / "deploy" / "stack.sh"), "start"], env={**os.environ, **STACK_ENV},
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.exit(f"test stack failed to start:\n{result.stdout}\n{result.stderr}", returncode=3)
+
+
+def network_dir(tmp: Path) -> Path:
+    """Copy the demo network with endpoint URLs pointing at the test inbox port."""
+    doc = yaml.safe_load((REPO / "deploy/network/directory.yaml").read_text())
+    for e in doc["endpoints"]:
+        e["url"] = e["url"].replace(":8100/", f":{INBOX_PORT}/")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    (tmp / "rules.yaml").write_text((REPO / "deploy/network/rules.yaml").read_text())
+    return tmp
+
+
+@pytest.fixture(scope="session")
+async def settings(tmp_path_factory) -> AsyncIterator[Settings]:
+    start_stack()
+    os.environ["BLONET_NETWORK_DIR"] = str(network_dir(tmp_path_factory.mktemp("network")))
+    get_settings.cache_clear()
+    s = get_settings()
+    ensure_signing_key(s)
+    await db.bootstrap(s)
+    for service in db.SERVICES:
+        await db.migrate(s, service)
+    await topics.create_topics(s)
+    yield s
+    admin = create_async_engine(URL.create("postgresql+asyncpg", username="postgres", host=s.pg_host, port=s.pg_port,
+                                           database="postgres"), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{s.pg_database}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+async def in_session(settings: Settings, service: str, work):
+    engine = db.make_engine(settings, service, pool_size=1)
+    try:
+        async with db.make_sessionmaker(engine)() as session:
+            result = await work(session)
+            await session.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
+async def make_key(settings: Settings, agency: str, *roles: Role) -> str:
+    key_id, key = new_api_key()
+    await in_session(settings, "gateway", lambda s: gateway_repo.add_key(
+        s, key_id=key_id, agency=agency, roles=list(roles), key_hash=hash_api_key(key), label="test"))
+    return key
+
+
+@pytest.fixture(scope="session")
+async def inbox(settings) -> AsyncIterator[Inbox]:
+    directory, _, _ = load_network(settings.network_dir)
+    await in_session(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, {e.id for e in directory.endpoints}))
+    found = await in_session(settings, "notifier", notifier_repo.secrets_by_endpoint)
+    box = Inbox(secrets=lambda: found)
+    runner = await serve(box, INBOX_PORT)
+    yield box
+    await runner.cleanup()
+
+
+class Process:
+    """One service (or other command) as a real OS process, its output kept in a log file."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict | None = None) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True, cwd=REPO)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+async def wait_ready(port: int, proc: Process, timeout: float = 60) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(int(timeout / 0.2)):
+            if proc.proc.poll() is not None:
+                raise AssertionError(f"{proc.name} exited:\n{proc.tail()}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{proc.name} not ready:\n{proc.tail()}")
+
+
+def start_service(name: str, log_dir: Path, env: dict | None = None, suffix: str = "") -> Process:
+    return Process(f"{name}{suffix}", [sys.executable, "-m", f"services.{name}"], log_dir, env)
+
+
+@pytest.fixture(scope="session")
+async def services(settings, inbox, tmp_path_factory) -> AsyncIterator[dict[str, Process]]:
+    """The four services as separate processes, sharing the test stack."""
+    log_dir = tmp_path_factory.mktemp("logs")
+    procs = {name: start_service(name, log_dir) for name in db.SERVICES}
+    try:
+        for name, proc in procs.items():
+            await wait_ready(getattr(settings, f"{name}_port"), proc)
+        yield procs
+    finally:
+        codes = {name: proc.stop() for name, proc in procs.items()}
+        # uvicorn re-raises the signal after a graceful shutdown, so -SIGTERM is a clean exit.
+        bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM) or "service stopped" not in procs[n].tail(5)}
+        assert not bad, f"services did not stop cleanly: {bad}\n" + "\n".join(procs[n].tail(20) for n in bad)

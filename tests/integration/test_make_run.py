@@ -1,0 +1,59 @@
+"""Smoke test of `make run`: the demo comes up, shows the scenario, and Ctrl-C stops everything."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from shared.settings import REPO
+from tests.integration.conftest import network_dir
+
+pytestmark = pytest.mark.stack
+
+# A third, private stack so the smoke test never touches the test stack or a developer's stack.
+PORTS = {"kafka": 29092, "controller": 29093, "pg": 25433, "gateway": 28000, "routing": 28001,
+         "notifier": 28002, "audit": 28003, "inbox": 28100}
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_make_run_shows_the_scenario_and_stops_cleanly(tmp_path):
+    net = network_dir(tmp_path / "network")
+    (net / "directory.yaml").write_text((net / "directory.yaml").read_text().replace(":18100/", f":{PORTS['inbox']}/"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLONET_")}
+    env.update({
+        "BLONET_STACK_DIR": str(REPO / "var" / "smoke-stack"), "BLONET_KAFKA_PORT": str(PORTS["kafka"]),
+        "BLONET_KAFKA_CONTROLLER_PORT": str(PORTS["controller"]), "BLONET_PG_PORT": str(PORTS["pg"]),
+        "BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{PORTS['kafka']}", "BLONET_NETWORK_DIR": str(net),
+        "BLONET_PUBLIC_BASE_URL": f"http://127.0.0.1:{PORTS['gateway']}", "BLONET_DEMO_INBOX_PORT": str(PORTS["inbox"]),
+        **{f"BLONET_{s.upper()}_PORT": str(PORTS[s]) for s in ("gateway", "routing", "notifier", "audit")},
+    })
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["make", "run"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while "DEMO SUMMARY" not in log.read_text(errors="replace"):
+                assert proc.poll() is None, f"make run exited early:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no demo summary:\n{log.read_text()[-3000:]}"
+                time.sleep(0.5)
+            text = log.read_text()
+            assert "DEMO SUMMARY: OK — 7/7 recipients delivered, 1 denied with reasons" in text, text[-3000:]
+            assert "not_on_route" in text and "Where to look" in text
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            assert proc.wait(120) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "all services stopped" in text
+    busy = [name for name, port in PORTS.items() if not port_free(port)]
+    assert not busy, f"ports still taken after Ctrl-C: {busy}\n{text[-2000:]}"

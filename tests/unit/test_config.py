@@ -1,0 +1,53 @@
+"""Settings, directory validation and tokens."""
+from pathlib import Path
+
+import jwt
+import pytest
+import yaml
+
+from services.routing.directory import NetworkConfigError, load_network
+from shared.auth import Principal, Role, issue_token, split_api_key, new_api_key, verify_token, ensure_signing_key
+from shared.settings import REPO, Settings
+
+
+def test_production_refuses_development_secrets(tmp_path):
+    with pytest.raises(ValueError, match="BLONET_DB_PASSWORD"):
+        Settings(environment="production")
+    with pytest.raises(ValueError, match="INSECURE_WEBHOOKS"):
+        Settings(environment="production", db_password="s3cret-long")
+    ok = Settings(environment="production", db_password="s3cret-long", allow_insecure_webhooks=False,
+                  token_private_key_file=tmp_path / "k.pem", token_public_key_file=tmp_path / "k.pub")
+    assert ok.password_for("routing") == "s3cret-long"
+
+
+def test_a_broken_directory_names_file_and_field(tmp_path: Path):
+    doc = yaml.safe_load((REPO / "deploy/network/directory.yaml").read_text())
+    doc["posts"][0]["units"][0]["agency"] = "nobody"
+    doc["agencies"][0]["kind"] = "wizard"
+    (tmp_path / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    (tmp_path / "rules.yaml").write_text((REPO / "deploy/network/rules.yaml").read_text())
+    with pytest.raises(NetworkConfigError, match=r"directory.yaml: agencies.0.kind: Input should be"):
+        load_network(tmp_path)
+    doc["agencies"][0]["kind"] = "border_guard"
+    (tmp_path / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    with pytest.raises(NetworkConfigError, match="unit blo-bor-dobo: unknown agency nobody"):
+        load_network(tmp_path)
+
+
+def test_tokens_round_trip_and_refuse_forgery(tmp_path):
+    s = Settings(token_private_key_file=tmp_path / "a.pem", token_public_key_file=tmp_path / "a.pub")
+    other = Settings(token_private_key_file=tmp_path / "b.pem", token_public_key_file=tmp_path / "b.pub", token_ttl_seconds=-5)
+    ensure_signing_key(s)
+    ensure_signing_key(other)
+    p = Principal("k1", "unodc", frozenset({Role.AUDITOR}))
+    assert verify_token(s, issue_token(s, p)) == p
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify_token(s, issue_token(other, p))
+    with pytest.raises(jwt.ExpiredSignatureError):
+        verify_token(other, issue_token(other, p))
+
+
+def test_api_key_format():
+    key_id, key = new_api_key()
+    assert split_api_key(key) == key_id
+    assert split_api_key("Bearer nonsense") is None and split_api_key("blo__x") is None
