@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 log_context: contextvars.ContextVar[dict] = contextvars.ContextVar("log_context", default={})
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 
 EVENTS_HANDLED = Counter("blonet_events_handled_total", "Events handled by a consumer", ["service", "type"])
 HTTP_REQUESTS = Histogram(

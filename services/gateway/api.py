@@ -1,5 +1,4 @@
 """The gateway's HTTP API: submit alerts, read their status, exchange a key for a token."""
-from __future__ import annotations
 
 import asyncio
 import logging
