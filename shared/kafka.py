@@ -16,14 +16,18 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
 
 
-def make_producer(settings: Settings) -> AIOKafkaProducer:
-    """Return a producer that only reports success once every in-sync replica has the record."""
+def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKafkaProducer:
+    """Return a producer that only reports success once every in-sync replica has the record.
+
+    A record not acknowledged within `request_timeout_ms` fails its future and is dropped from
+    the producer's buffer, so a caller told "failed" can rely on it not landing later.
+    """
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_idempotence=True,  # implies acks=all; retries never duplicate or reorder
         acks="all",
         linger_ms=1,
-        request_timeout_ms=10_000,
+        request_timeout_ms=request_timeout_ms,
     )
 
 

@@ -30,6 +30,7 @@ class Runtime:
         self.engine = db.make_engine(self.settings, name)
         self.sessions = db.make_sessionmaker(self.engine)
         self.producer: AIOKafkaProducer | None = None  # aiokafka objects need the running loop
+        self.producer_timeout_ms = 30_000
         self.consumers: list[EventConsumer] = []
         self.workers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task] = []
@@ -52,7 +53,7 @@ class Runtime:
 
     async def start(self) -> None:
         await db.migrate(self.settings, self.name)
-        self.producer = make_producer(self.settings)
+        self.producer = make_producer(self.settings, self.producer_timeout_ms)
         await self.producer.start()
         self._tasks = [asyncio.create_task(c.run(), name=f"consumer:{c.group}") for c in self.consumers]
         self._tasks += [asyncio.create_task(w(), name=f"worker:{getattr(w, '__name__', 'worker')}") for w in self.workers]

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     demo_inbox_port: int = 8100
 
+    accept_timeout_seconds: float = 5.0  # the gateway answers 503 if Kafka has not acked by then
     webhook_timeout_seconds: float = 10.0
     retry_schedule_seconds: list[float] = [1, 5, 30, 120, 600, 1800, 7200]
     allow_insecure_webhooks: bool = True  # plain http only to loopback; refused in production

@@ -81,13 +81,19 @@ def router(rt: Runtime) -> APIRouter:
             AlertSubmitted(alert=alert, submitted_by=caller.key_id), origin_node=rt.settings.node_id,
             alert_id=alert_id, thread_id=thread_id, occurred_at=received_at, traceparent=traceparent,
         )
-        try:
+        async def produce() -> None:
             ack = await send(rt.producer, rt.settings.topic(topics.ALERTS_SUBMITTED.name), str(thread_id), env)
-            await asyncio.wait_for(ack, timeout=10)
+            await ack
+
+        try:
+            # The producer itself fails a record at the accept deadline (then it is certain not to
+            # land later); the outer guard only bounds a request if the client never answers.
+            await asyncio.wait_for(produce(), timeout=rt.settings.accept_timeout_seconds + 2)
         except (KafkaError, asyncio.TimeoutError) as exc:
-            log.error("alert not accepted: Kafka unavailable", extra={"error": repr(exc)})
+            log.error("alert not accepted: Kafka unavailable", extra={"error": repr(exc), "guard": isinstance(exc, asyncio.TimeoutError)})
             raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, "the alert could not be stored durably; nothing was accepted, retry",
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "Kafka did not confirm the alert in time, so it is not accepted; retry later",
                 headers={"Retry-After": "5"},
             ) from None
         # The status consumer records it too; doing it now lets an immediate GET find it.

@@ -1,0 +1,118 @@
+"""docker-compose.yml: accepted by a real compose parser, and the same system as the local stack.
+
+No Kafka, PostgreSQL or Docker engine needed; `config -q` only parses and validates the file.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from shared.settings import REPO, Settings
+
+COMPOSE = REPO / "docker-compose.yml"
+SERVICES = ("gateway", "routing", "notifier", "audit")
+PUBLISHED = re.compile(r"(?P<ip>[\d.]+):(?P<host>\d+):(?P<container>\d+)(?:/tcp)?")
+
+
+def _compose() -> list[str]:
+    """The compose command: the docker plugin if present, else docker-compose v1. Never skipped."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30).returncode == 0:
+        return [docker, "compose", "-f", str(COMPOSE)]
+    if legacy := shutil.which("docker-compose"):
+        return [legacy, "-f", str(COMPOSE)]
+    pytest.fail("no compose parser: install docker-compose (apt-get install docker-compose, as .ci/run does) "
+                "or the docker compose plugin")
+
+
+def _stack_default(var: str) -> int:
+    """A port default of deploy/stack.sh, read from the script so the two cannot drift apart."""
+    match = re.search(rf"\b{var}:-(\d+)", (REPO / "deploy" / "stack.sh").read_text())
+    assert match, f"no {var} default in deploy/stack.sh"
+    return int(match.group(1))
+
+
+def _default(field: str):
+    # Not Settings(): tests/conftest.py overrides BLONET_* variables for the test stack.
+    return Settings.model_fields[field].default
+
+
+@pytest.fixture(scope="module")
+def services() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def _ports(service: dict) -> list[tuple[str, int, int]]:
+    """(bind address, host port, container port) of each published port."""
+    found = []
+    for spec in service.get("ports", []):
+        match = PUBLISHED.fullmatch(str(spec))
+        assert match, f"port {spec!r}: publish as 'IP:HOST:CONTAINER' so it is bound to loopback"
+        found.append((match["ip"], int(match["host"]), int(match["container"])))
+    return found
+
+
+def test_real_compose_parser_accepts_the_file():
+    result = subprocess.run([*_compose(), "config", "-q"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"compose config failed:\n{result.stdout}{result.stderr}"
+
+
+def test_every_published_port_is_on_loopback(services):
+    for name, service in services.items():
+        for ip, host, _ in _ports(service):
+            assert ip == "127.0.0.1", f"{name} publishes port {host} on {ip}"
+
+
+def test_ports_match_the_local_stack(services):
+    assert [p[1] for p in _ports(services["kafka"])] == [_stack_default("BLONET_KAFKA_PORT")]
+    assert _ports(services["postgres"]) == [("127.0.0.1", _stack_default("BLONET_PG_PORT"), 5432)]
+    for name in SERVICES:
+        port = _default(f"{name}_port")  # the service listens on its default port inside the container too
+        assert _ports(services[name]) == [("127.0.0.1", port, port)], name
+
+
+def test_kafka_advertises_each_listener_where_it_is_reachable(services):
+    env = services["kafka"]["environment"]
+    listens = dict(re.findall(r"(\w+)://[^:,]*:(\d+)", env["KAFKA_LISTENERS"]))
+    advertised = dict(re.findall(r"(\w+)://([^,]+)", env["KAFKA_ADVERTISED_LISTENERS"]))
+    [(_, host_port, container_port)] = _ports(services["kafka"])
+    # Host clients: the published listener advertises the published loopback address.
+    external = [n for n, port in listens.items() if int(port) == container_port]
+    assert external and advertised[external[0]] == f"127.0.0.1:{host_port}"
+    # Containers: the services' bootstrap address is an advertised listener.
+    for name in ("setup", *SERVICES):
+        assert services[name]["environment"]["BLONET_KAFKA_BOOTSTRAP"] in advertised.values(), name
+
+
+def test_services_reach_postgres_inside_the_network(services):
+    [(_, _, pg_port)] = _ports(services["postgres"])
+    for name in ("setup", *SERVICES):
+        env = services[name]["environment"]
+        assert (env["BLONET_PG_HOST"], int(env["BLONET_PG_PORT"])) == ("postgres", pg_port), name
+
+
+def test_every_blonet_variable_is_a_setting():
+    known = {f"BLONET_{field.upper()}" for field in Settings.model_fields}
+    used = set(re.findall(r"\bBLONET_[A-Z0-9_]+", COMPOSE.read_text()))
+    assert used, "no BLONET_ variables found"
+    assert used <= known, f"not Settings fields: {sorted(used - known)}"
+
+
+def test_each_service_runs_its_module(services):
+    for name in SERVICES:
+        command = services[name]["command"]
+        argv = shlex.split(command) if isinstance(command, str) else command
+        assert argv == ["python", "-m", f"services.{name}"], name
+        assert (REPO / "services" / name / "__main__.py").is_file()
+
+
+def test_image_runs_as_non_root():
+    lines = [line.split() for line in (REPO / "Dockerfile").read_text().splitlines() if line.strip()]
+    assert ["FROM", "python:3.11-slim"] in lines
+    users = [words[1] for words in lines if words[0] == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image must end with a non-root USER"
