@@ -39,6 +39,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+class Throttle(logging.Filter):
+    """Pass a repeated message at most once per `seconds`: a broker outage makes aiokafka log
+    the same connection error hundreds of times a second."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        super().__init__()
+        self.seconds, self.last = seconds, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = (record.name, record.msg), time.monotonic()
+        if now - self.last.get(key, -self.seconds) < self.seconds:
+            return False
+        self.last[key] = now
+        return True
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
@@ -46,6 +62,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.Formatter.converter = time.gmtime
     for noisy in ("aiokafka", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler.addFilter(Throttle())
 
 
 ReadinessCheck = Callable[[], Awaitable[None]]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from aiokafka.structs import ConsumerRecord
 
@@ -18,9 +19,10 @@ log = logging.getLogger(__name__)
 
 def url_allowed(settings: Settings, url: str) -> bool:
     """Return whether the notifier may post to `url`: https, or plain http to loopback in development."""
-    if url.startswith("https://"):
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
         return True
-    loopback = url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
+    loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
     return settings.allow_insecure_webhooks and loopback
 
 

@@ -51,3 +51,15 @@ def test_api_key_format():
     key_id, key = new_api_key()
     assert split_api_key(key) == key_id
     assert split_api_key("Bearer nonsense") is None and split_api_key("blo__x") is None
+
+
+def test_repeated_log_messages_are_throttled():
+    import logging
+
+    from shared.observability import Throttle
+
+    throttle = Throttle(seconds=60)
+    rec = lambda msg: logging.LogRecord("aiokafka", logging.ERROR, "", 0, msg, None, None)  # noqa: E731
+    assert throttle.filter(rec("Unable connect to node"))
+    assert not throttle.filter(rec("Unable connect to node"))
+    assert throttle.filter(rec("another message"))
