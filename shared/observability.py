@@ -40,7 +40,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class Throttle(logging.Filter):
-    """Pass a repeated message at most once per `seconds`: a broker outage makes aiokafka log
+    """Pass a repeated aiokafka message at most once per `seconds`: a broker outage makes it log
     the same connection error hundreds of times a second."""
 
     def __init__(self, seconds: float = 10.0) -> None:
@@ -48,6 +48,8 @@ class Throttle(logging.Filter):
         self.seconds, self.last = seconds, {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True  # our own messages repeat by design ("alert accepted")
         key, now = (record.name, record.msg), time.monotonic()
         if now - self.last.get(key, -self.seconds) < self.seconds:
             return False

@@ -63,3 +63,5 @@ def test_repeated_log_messages_are_throttled():
     assert throttle.filter(rec("Unable connect to node"))
     assert not throttle.filter(rec("Unable connect to node"))
     assert throttle.filter(rec("another message"))
+    ours = logging.LogRecord("services.gateway.api", logging.INFO, "", 0, "alert accepted", None, None)
+    assert throttle.filter(ours) and throttle.filter(ours)
