@@ -2,11 +2,20 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 
 from shared.settings import REPO
 
 RUN = secrets.token_hex(3)
+# Every port a test run opens is BASE + a fixed offset, with BASE drawn per run, so test runs
+# started side by side (two developers' sessions, CI beside a dev loop) never collide.
+BASE = 20_000 + 200 * random.SystemRandom().randrange(175)
+
+
+def port(offset: int) -> int:
+    return BASE + offset
+
 # The test stack's Kafka and PostgreSQL (started by `make test`, or by the integration fixtures)
 # listen on their own ports beside a `make run` stack; each run gets its own database and topics.
 STACK_ENV = {
@@ -21,12 +30,12 @@ APP_ENV = {
     "BLONET_PG_PORT": "15433",
     "BLONET_PG_DATABASE": f"blonet_test_{RUN}",
     "BLONET_TOPIC_PREFIX": f"t{RUN}.",
-    "BLONET_GATEWAY_PORT": "18000",
-    "BLONET_ROUTING_PORT": "18001",
-    "BLONET_NOTIFIER_PORT": "18002",
-    "BLONET_AUDIT_PORT": "18003",
-    "BLONET_DEMO_INBOX_PORT": "18100",
-    "BLONET_PUBLIC_BASE_URL": "http://127.0.0.1:18000",
+    "BLONET_GATEWAY_PORT": str(port(0)),
+    "BLONET_ROUTING_PORT": str(port(1)),
+    "BLONET_NOTIFIER_PORT": str(port(2)),
+    "BLONET_AUDIT_PORT": str(port(3)),
+    "BLONET_DEMO_INBOX_PORT": str(port(10)),
+    "BLONET_PUBLIC_BASE_URL": f"http://127.0.0.1:{port(0)}",
     "BLONET_RETRY_SCHEDULE_SECONDS": "[0.2, 0.5, 1]",
     "BLONET_TOKEN_PRIVATE_KEY_FILE": str(REPO / "var" / "test-keys" / "token.pem"),
     "BLONET_TOKEN_PUBLIC_KEY_FILE": str(REPO / "var" / "test-keys" / "token.pub.pem"),

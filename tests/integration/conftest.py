@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,11 +37,11 @@ def start_stack() -> None:
         pytest.exit(f"test stack failed to start:\n{result.stdout}\n{result.stderr}", returncode=3)
 
 
-def network_dir(tmp: Path) -> Path:
-    """Copy the demo network with endpoint URLs pointing at the test inbox port."""
+def network_dir(tmp: Path, inbox_port: int = INBOX_PORT) -> Path:
+    """Copy the demo network with endpoint URLs pointing at a test inbox port."""
     doc = yaml.safe_load((REPO / "deploy/network/directory.yaml").read_text())
     for e in doc["endpoints"]:
-        e["url"] = e["url"].replace(":8100/", f":{INBOX_PORT}/")
+        e["url"] = re.sub(r":\d+/inbox/", f":{inbox_port}/inbox/", e["url"])
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
     (tmp / "rules.yaml").write_text((REPO / "deploy/network/rules.yaml").read_text())

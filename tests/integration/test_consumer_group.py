@@ -17,7 +17,7 @@ from shared.events import AlertSubmitted, Envelope
 from shared.ids import new_id
 from shared.kafka import make_producer, send
 from shared.settings import Settings
-from tests.conftest import APP_ENV
+from tests.conftest import APP_ENV, port
 from tests.integration.conftest import in_session, start_service, wait_ready
 
 pytestmark = pytest.mark.stack
@@ -54,11 +54,11 @@ async def test_killed_instance_loses_nothing_and_duplicates_nothing(settings, tm
     prefix = APP_ENV["BLONET_TOPIC_PREFIX"] + "cg."
     cg = settings.model_copy(update={"topic_prefix": prefix})
     await topics.create_topics(cg)
-    a = start_service("audit", tmp_path, {"BLONET_TOPIC_PREFIX": prefix, "BLONET_AUDIT_PORT": "18013"}, "-a")
-    b = start_service("audit", tmp_path, {"BLONET_TOPIC_PREFIX": prefix, "BLONET_AUDIT_PORT": "18023"}, "-b")
+    a = start_service("audit", tmp_path, {"BLONET_TOPIC_PREFIX": prefix, "BLONET_AUDIT_PORT": str(port(40))}, "-a")
+    b = start_service("audit", tmp_path, {"BLONET_TOPIC_PREFIX": prefix, "BLONET_AUDIT_PORT": str(port(41))}, "-b")
     try:
-        await wait_ready(18013, a)
-        await wait_ready(18023, b)
+        await wait_ready(port(40), a)
+        await wait_ready(port(41), b)
         await asyncio.sleep(2)  # both members have joined the group and hold partitions
         producing = asyncio.create_task(produce(cg, N))
         await asyncio.sleep(1.0)

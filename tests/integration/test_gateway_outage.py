@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import aiohttp
@@ -13,12 +14,14 @@ from shared import topics
 from shared.auth import Role
 from shared.events import Envelope
 from shared.settings import REPO
+from tests.conftest import port
 from tests.integration.conftest import make_key, start_service, wait_ready
 
 pytestmark = pytest.mark.stack
 # A broker of its own, so stopping it disturbs no other test.
-OUTAGE = {"BLONET_STACK_DIR": str(REPO / "var" / "outage-stack"), "BLONET_KAFKA_PORT": "29192",
-          "BLONET_KAFKA_CONTROLLER_PORT": "29193"}
+KAFKA, GATEWAY = port(31), port(30)
+OUTAGE = {"BLONET_STACK_DIR": str(REPO / "var" / f"outage-stack-{KAFKA}"), "BLONET_KAFKA_PORT": str(KAFKA),
+          "BLONET_KAFKA_CONTROLLER_PORT": str(port(32))}
 
 
 def kafka(action: str) -> None:
@@ -45,15 +48,17 @@ async def alert_ids_on(settings, name: str) -> list[str]:
 
 async def test_kafka_down_means_503_and_nothing_accepted(settings, tmp_path):
     kafka("start")
-    outage = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:29192"})
+    outage = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{KAFKA}"})
     await topics.create_topics(outage)
     key = await make_key(settings, "kg-sbs", Role.SUBMIT)
-    gw = start_service("gateway", tmp_path, {"BLONET_KAFKA_BOOTSTRAP": "127.0.0.1:29192", "BLONET_GATEWAY_PORT": "18030",
+    gw = start_service("gateway", tmp_path, {"BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA}", "BLONET_GATEWAY_PORT": str(GATEWAY),
                                              "BLONET_ACCEPT_TIMEOUT_SECONDS": "3"})
-    url = "http://127.0.0.1:18030"
+    url = f"http://127.0.0.1:{GATEWAY}"
     try:
-        await wait_ready(18030, gw)
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        await wait_ready(GATEWAY, gw)
+        # No keep-alive: the broker restarts below take longer than uvicorn's idle timeout.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}, connector=connector) as http:
             async with http.post(f"{url}/v1/alerts", json=SCENARIO) as r:
                 assert r.status == 202, await r.text()
                 accepted = [(await r.json())["id"]]
@@ -81,3 +86,4 @@ async def test_kafka_down_means_503_and_nothing_accepted(settings, tmp_path):
     finally:
         gw.stop()
         kafka("stop")
+        shutil.rmtree(OUTAGE["BLONET_STACK_DIR"], ignore_errors=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,13 +11,15 @@ import time
 import pytest
 
 from shared.settings import REPO
+from tests.conftest import port
 from tests.integration.conftest import network_dir
 
 pytestmark = pytest.mark.stack
 
 # A third, private stack so the smoke test never touches the test stack or a developer's stack.
-PORTS = {"kafka": 29092, "controller": 29093, "pg": 25433, "gateway": 28000, "routing": 28001,
-         "notifier": 28002, "audit": 28003, "inbox": 28100}
+PORTS = {"kafka": port(120), "controller": port(121), "pg": port(122), "gateway": port(100), "routing": port(101),
+         "notifier": port(102), "audit": port(103), "inbox": port(110)}
+STACK_DIR = REPO / "var" / f"smoke-stack-{PORTS['kafka']}"
 
 
 def port_free(port: int) -> bool:
@@ -25,11 +28,10 @@ def port_free(port: int) -> bool:
 
 
 def test_make_run_shows_the_scenario_and_stops_cleanly(tmp_path):
-    net = network_dir(tmp_path / "network")
-    (net / "directory.yaml").write_text((net / "directory.yaml").read_text().replace(":18100/", f":{PORTS['inbox']}/"))
+    net = network_dir(tmp_path / "network", PORTS["inbox"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLONET_")}
     env.update({
-        "BLONET_STACK_DIR": str(REPO / "var" / "smoke-stack"), "BLONET_KAFKA_PORT": str(PORTS["kafka"]),
+        "BLONET_STACK_DIR": str(STACK_DIR), "BLONET_KAFKA_PORT": str(PORTS["kafka"]),
         "BLONET_KAFKA_CONTROLLER_PORT": str(PORTS["controller"]), "BLONET_PG_PORT": str(PORTS["pg"]),
         "BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{PORTS['kafka']}", "BLONET_NETWORK_DIR": str(net),
         "BLONET_PUBLIC_BASE_URL": f"http://127.0.0.1:{PORTS['gateway']}", "BLONET_DEMO_INBOX_PORT": str(PORTS["inbox"]),
@@ -56,5 +58,6 @@ def test_make_run_shows_the_scenario_and_stops_cleanly(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
     text = log.read_text()
     assert "all services stopped" in text and "kafka: stopped" in text and "postgres: stopped" in text
+    shutil.rmtree(STACK_DIR, ignore_errors=True)
     busy = [name for name, port in PORTS.items() if not port_free(port)]
     assert not busy, f"ports still taken after Ctrl-C: {busy}\n{text[-2000:]}"

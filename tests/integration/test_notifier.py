@@ -14,10 +14,11 @@ from shared import topics
 from shared.events import DeliveryRequested, Envelope, ViewProfile
 from shared.ids import new_id
 from shared.kafka import make_producer, send
+from tests.conftest import port
 from tests.integration.conftest import in_session
 
 pytestmark = pytest.mark.stack
-PORT = 18200
+PORT = port(20)
 
 
 class Endpoints:
