@@ -26,6 +26,8 @@ class EventType(StrEnum):
     ALERT_ROUTED = "alert.routed"
     DELIVERY_REQUESTED = "delivery.requested"
     DELIVERY_STATUS = "delivery.status"
+    ALERT_ACKNOWLEDGED = "alert.acknowledged"
+    ALERT_FORWARDED = "alert.forwarded"
 
 
 class Payload(BaseModel):
@@ -166,3 +168,40 @@ class DeliveryStatus(Payload):
     error: str | None = None
     latency_ms: float | None = None
     next_attempt_at: AwareDatetime | None = None
+
+
+class AckStatus(StrEnum):
+    RECEIVED = "received"
+    ACTING = "acting"
+    NOT_RELEVANT = "not_relevant"
+
+
+class AlertAcknowledged(Payload):
+    """A recipient's acknowledgement of an alert it received (key: thread id).
+
+    The envelope's alert_id is the acknowledged alert. Delivery (a 2xx) is not acknowledgement:
+    this is the agency's own act, and what escalation waits for.
+    """
+
+    event_type: ClassVar[EventType] = EventType.ALERT_ACKNOWLEDGED
+    agency: str
+    unit: str | None = None
+    status: AckStatus
+    comment: str | None = Field(None, max_length=2_000)
+    acknowledged_by: str = Field(description="id of the credential that acknowledged")
+
+
+class AlertForwarded(Payload):
+    """A recipient passes an alert on to named units or agencies (topic alerts.submitted, key: thread id).
+
+    The envelope's alert_id is the forwarded alert; routing decides the forward under the
+    original's restrictions, so a forward can never reach anyone the original could not.
+    """
+
+    event_type: ClassVar[EventType] = EventType.ALERT_FORWARDED
+    forward_id: UUID
+    agency: str = Field(description="the forwarding agency (a recipient of the alert)")
+    unit: str | None = None
+    to: list[str] = Field(min_length=1, max_length=100, description="unit or agency ids")
+    comment: str | None = Field(None, max_length=2_000)
+    forwarded_by: str = Field(description="id of the credential that forwarded")

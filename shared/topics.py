@@ -21,7 +21,7 @@ class Topic:
 
 ALERTS_SUBMITTED = Topic(
     "alerts.submitted", "thread id", 6, ("gateway",), ("routing", "gateway", "audit"),
-    "alerts accepted at the edge; an alert and its updates/cancels share the key",
+    "alerts accepted at the edge, and forwards; an alert, its updates/cancels and forwards share the key",
 )
 ALERTS_ROUTED = Topic(
     "alerts.routed", "thread id", 6, ("routing",), ("gateway", "audit"),
@@ -35,7 +35,11 @@ DELIVERIES_STATUS = Topic(
     "deliveries.status", "thread id", 6, ("notifier",), ("gateway", "audit"),
     "delivery outcomes: delivered, retrying, failed (dead letter)",
 )
-CATALOGUE = (ALERTS_SUBMITTED, ALERTS_ROUTED, DELIVERIES_REQUESTED, DELIVERIES_STATUS)
+ALERTS_ACKNOWLEDGED = Topic(
+    "alerts.acknowledged", "thread id", 6, ("gateway",), ("notifier", "gateway", "audit"),
+    "recipients' acknowledgements: received, acting, not relevant",
+)
+CATALOGUE = (ALERTS_SUBMITTED, ALERTS_ROUTED, DELIVERIES_REQUESTED, DELIVERIES_STATUS, ALERTS_ACKNOWLEDGED)
 
 
 async def create_topics(settings: Settings) -> list[str]:
