@@ -144,7 +144,11 @@ class DeliveryRequested(Payload):
     endpoint: str
     agency: str
     unit: str | None = None
-    url: str
+    channel: str = Field("webhook", description="webhook or email")
+    url: str | None = Field(None, description="the webhook URL (channel webhook)")
+    email: str | None = Field(None, description="the address (channel email)")
+    format: str = Field("json", description="json or cap: the endpoint's preferred body format")
+    language: str | None = Field(None, description="the endpoint's preferred language")
     profile: ViewProfile
     body: dict = Field(description="the recipient's view of the alert, as routing shaped it")
 

@@ -37,7 +37,8 @@ class RoutingHandler:
             endpoint = self.directory.endpoint(r.endpoint)
             request = DeliveryRequested(
                 delivery_id=derived_id(cause.event_id, "delivery", r.endpoint), endpoint=r.endpoint,
-                agency=r.agency, unit=r.unit, url=endpoint.url, profile=r.profile,
+                agency=r.agency, unit=r.unit, channel=endpoint.channel.value, url=endpoint.url, email=endpoint.email,
+                format=endpoint.format, language=endpoint.language, profile=r.profile,
                 body=view(alert, r, alert_id=aid, thread_id=tid, sent_at=cause.occurred_at),
             )
             env = Envelope.wrap(request, origin_node=node, alert_id=aid, thread_id=tid, cause=routed,

@@ -26,6 +26,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DEFAULT_ACK_MINUTES = {Urgency.IMMEDIATE: 15, Urgency.EXPECTED: 60, Urgency.FUTURE: 24 * 60}
+
+
 class Agency(_Strict):
     id: str
     kind: AgencyKind
@@ -33,7 +36,12 @@ class Agency(_Strict):
     observer: bool = False
     name_en: str
     name_ru: str
-    endpoint: str | None = Field(None, description="the agency's own (on-duty) endpoint")
+    endpoint: str | None = Field(None, description="the agency's own on-duty endpoint (single point of contact)")
+    fallback_endpoint: str | None = Field(None, description="where unacknowledged alerts are escalated")
+    ack_deadline_minutes: dict[Urgency, int] = Field(
+        default_factory=lambda: dict(DEFAULT_ACK_MINUTES),
+        description="how long a recipient has to acknowledge, by urgency; absent urgency: no deadline",
+    )
 
 
 class Unit(_Strict):
@@ -53,12 +61,27 @@ class Post(_Strict):
     units: tuple[Unit, ...] = ()
 
 
+class Channel(StrEnum):
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+
+
 class Endpoint(_Strict):
     id: str
     agency: str
-    url: str
+    channel: Channel = Channel.WEBHOOK
+    url: str | None = Field(None, description="https URL of a webhook endpoint")
+    email: str | None = Field(None, description="address of an e-mail endpoint")
     format: str = Field("json", pattern="^(json|cap)$")
     language: str = "ru"
+
+    @model_validator(mode="after")
+    def _address_for_channel(self) -> Endpoint:
+        if self.channel is Channel.WEBHOOK and not self.url:
+            raise ValueError(f"endpoint {self.id}: a webhook endpoint needs a url")
+        if self.channel is Channel.EMAIL and not self.email:
+            raise ValueError(f"endpoint {self.id}: an e-mail endpoint needs an email address")
+        return self
 
 
 class Agreement(_Strict):
@@ -93,8 +116,9 @@ class Directory(_Strict):
         for a in self.agencies:
             if a.country and a.country not in self.countries:
                 problems.append(f"agency {a.id}: unknown country {a.country}")
-            if a.endpoint and a.endpoint not in endpoints:
-                problems.append(f"agency {a.id}: unknown endpoint {a.endpoint}")
+            for ref in (a.endpoint, a.fallback_endpoint):
+                if ref and ref not in endpoints:
+                    problems.append(f"agency {a.id}: unknown endpoint {ref}")
         for p in self.posts:
             if p.counterpart and p.counterpart not in posts:
                 problems.append(f"post {p.id}: unknown counterpart {p.counterpart}")
