@@ -48,6 +48,24 @@ class MsgType(StrEnum):
     CANCEL = "cancel"
 
 
+class Status(StrEnum):  # CAP 1.2 <status>
+    ACTUAL = "actual"
+    EXERCISE = "exercise"
+    SYSTEM = "system"
+    TEST = "test"
+    DRAFT = "draft"
+
+
+class Translation(BaseModel):
+    """The alert's text in another language (CAP: one more <info> block)."""
+
+    model_config = ConfigDict(extra="forbid")
+    language: str = Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    headline: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=20_000)
+    instruction: str | None = Field(None, max_length=4_000)
+
+
 class Tlp(StrEnum):
     """FIRST TLP 2.0 labels, most restrictive first."""
 
@@ -101,6 +119,7 @@ class Alert(BaseModel):
 
     sender_agency: str = Field(min_length=1, max_length=64)
     sender_post: str | None = Field(None, max_length=64)
+    status: Status = Field(Status.ACTUAL, description="CAP status: exercises and tests are marked as such")
     msg_type: MsgType = MsgType.ALERT
     references: list[UUID] = Field([], description="earlier alerts this one updates or cancels")
     category: Category
@@ -114,11 +133,15 @@ class Alert(BaseModel):
     description: str = Field("", max_length=20_000)
     instruction: str | None = Field(None, max_length=4_000, description="requested action")
     language: str = Field("ru", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    translations: list[Translation] = Field([], max_length=8, description="the same text in other languages")
     personal_data: PersonalData | None = None
     addressees: list[str] = Field([], description="agency or unit ids named explicitly")
     tlp: Tlp = Tlp.AMBER
     handling: list[Handling] = []
     handling_note: str | None = Field(None, max_length=1_000)
+    onward_permission: bool = Field(
+        False, description="the originator allows recipients to forward it despite handling code H2"
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Alert:

@@ -28,6 +28,7 @@ class EventType(StrEnum):
     DELIVERY_STATUS = "delivery.status"
     ALERT_ACKNOWLEDGED = "alert.acknowledged"
     ALERT_FORWARDED = "alert.forwarded"
+    OPERATOR_ACTION = "operator.action"
 
 
 class Payload(BaseModel):
@@ -134,6 +135,9 @@ class AlertRouted(Payload):
     ruleset_hash: str
     recipients: list[Recipient]
     denied: list[Denial]
+    kind: str = Field("alert", description="alert, update, cancel or forward: what was decided on")
+    forward_id: UUID | None = Field(None, description="the forward decided on, when kind is forward")
+    note: str | None = Field(None, description="a sentence about the decision as a whole, e.g. no rule matched")
 
 
 class DeliveryRequested(Payload):
@@ -209,3 +213,18 @@ class AlertForwarded(Payload):
     to: list[str] = Field(min_length=1, max_length=100, description="unit or agency ids")
     comment: str | None = Field(None, max_length=2_000)
     forwarded_by: str = Field(description="id of the credential that forwarded")
+
+
+class OperatorAction(Payload):
+    """An operator's (or the system's own) act on delivery state, for the audit trail (topic operations.actions).
+
+    Key: the target (endpoint id or delivery id). Actions: delivery.replay, endpoint.recover,
+    endpoint.enable, endpoint.disable, endpoint.rotate_secret, alert.escalate.
+    """
+
+    event_type: ClassVar[EventType] = EventType.OPERATOR_ACTION
+    action: str
+    target: str = Field(description="endpoint id or delivery id")
+    actor: str = Field(description="credential id of the operator, or 'notifier' for automatic acts")
+    reason: str | None = Field(None, max_length=2_000)
+    detail: dict = Field({}, description="what the action touched, e.g. {'replayed': 12, 'since': ...}")
