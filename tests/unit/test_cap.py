@@ -1,0 +1,228 @@
+"""CAP 1.2 mapping: real-world shapes in, schema-valid CAP out, and render → parse round trips."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from uuid import UUID
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lxml import etree
+
+from demo.scenario import SCENARIO
+from shared.alerts import Alert, Category, Certainty, Handling, MsgType, Severity, Status, Tlp, Urgency
+from shared.cap import MAX_AREAS, MAX_INFO, CapError, cap_alert_id, format_time, parse_cap, render_cap, schema
+
+SENT = datetime(2026, 5, 10, 9, 30, tzinfo=timezone(timedelta(hours=6)))
+
+
+def cap(body: str, *, prefix: str = "", head: str = "", encoding: str = "UTF-8", tail: str = "") -> bytes:
+    """Return a CAP document around `body` (the elements after <scope>), optionally prefixed/encoded."""
+    p = f"{prefix}:" if prefix else ""
+    xmlns = f"xmlns{':' + prefix if prefix else ''}"
+    text = (
+        f'<?xml version="1.0" encoding="{encoding}"?>{head}'
+        f'<{p}alert {xmlns}="urn:oasis:names:tc:emergency:cap:1.2">'
+        f"<{p}identifier>KG-SBS-2026-0042</{p}identifier><{p}sender>kg-sbs@sbs.gov.kg</{p}sender>"
+        f"<{p}sent>2026-05-10T09:30:00+06:00</{p}sent><{p}status>Exercise</{p}status>"
+        + body.replace("<", f"<{p}").replace(f"<{p}/", f"</{p}") + tail + f"</{p}alert>"
+    )
+    return text.encode(encoding)
+
+
+INFO = (
+    "<info><language>ru</language><category>Security</category><event>Наркотрафик</event>"
+    "<urgency>Future</urgency><severity>Severe</severity><certainty>Likely</certainty>"
+    "<eventCode><valueName>blonet:category</valueName><value>drugs</value></eventCode>"
+    "<expires>2030-05-20T23:59:59+06:00</expires>"
+    "<headline>Риск наркотрафика через Достук</headline><description>Ожидается попытка.</description>"
+    "<parameter><valueName>blonet:tlp</valueName><value>TLP:AMBER+STRICT</value></parameter>"
+    "<area><areaDesc>Достук</areaDesc><geocode><valueName>blonet:post</valueName><value>dostuk</value></geocode></area>"
+    "</info>"
+)
+ALERT = "<msgType>Alert</msgType><scope>Restricted</scope><restriction>law enforcement only</restriction>" + INFO
+
+
+def test_plain_alert_maps_onto_the_model():
+    m = parse_cap(cap(ALERT))
+    a = m.alert
+    assert (a.sender_agency, a.status, a.msg_type, a.category, a.tlp) == ("kg-sbs", Status.EXERCISE, MsgType.ALERT, Category.DRUGS, Tlp.AMBER_STRICT)
+    assert (a.urgency, a.severity, a.certainty, a.language) == (Urgency.FUTURE, Severity.SEVERE, Certainty.LIKELY, "ru")
+    assert a.location.post == "dostuk" and a.headline.startswith("Риск")
+    assert (m.sender, m.identifier, m.sent, m.signed) == ("kg-sbs@sbs.gov.kg", "KG-SBS-2026-0042", SENT, False)
+
+
+def test_the_alert_id_is_derived_from_the_cap_triple():
+    first, again = parse_cap(cap(ALERT)), parse_cap(cap(ALERT, prefix="cap"))
+    assert first.alert_id == again.alert_id == cap_alert_id("kg-sbs@sbs.gov.kg", "KG-SBS-2026-0042", SENT)
+    assert first.alert_id.version == 7
+    assert cap_alert_id("x", "y", SENT) != first.alert_id
+    own = UUID("0190a000-0000-7000-8000-000000000001")
+    assert cap_alert_id("anyone", f"urn:uuid:{own}", SENT) == own
+
+
+@pytest.mark.parametrize("encoding", ["UTF-8", "UTF-16", "windows-1251", "KOI8-R", "ISO-8859-5"])
+def test_any_declared_encoding_is_read(encoding):
+    assert parse_cap(cap(ALERT, encoding=encoding)).alert.headline == "Риск наркотрафика через Достук"
+
+
+def test_bytes_invalid_in_the_declared_encoding_are_refused():
+    data = cap(ALERT).replace("Достук".encode(), b"\xff\xfe\xfd", 1)
+    with pytest.raises(CapError) as err:
+        parse_cap(data)
+    assert err.value.code == "xml_malformed"
+
+
+def test_namespace_prefixes_are_accepted():
+    assert parse_cap(cap(ALERT, prefix="cap")).alert.category is Category.DRUGS
+
+
+def test_a_signature_is_noted_and_left_alone():
+    signature = (
+        '<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo/><ds:SignatureValue>AAAA'
+        "</ds:SignatureValue></ds:Signature>"
+    )
+    assert parse_cap(cap(ALERT, tail=signature)).signed is True
+
+
+def test_cancel_without_info_and_references():
+    body = "<msgType>Cancel</msgType><scope>Public</scope><note>withdrawn</note><references>kg-sbs@sbs.gov.kg,KG-SBS-2026-0042,2026-05-10T09:30:00+06:00</references>"
+    m = parse_cap(cap(body))
+    assert m.alert.msg_type is MsgType.CANCEL and m.alert.headline == "withdrawn"
+    assert m.alert.references == [cap_alert_id("kg-sbs@sbs.gov.kg", "KG-SBS-2026-0042", SENT)]
+    assert m.references == ["kg-sbs@sbs.gov.kg,KG-SBS-2026-0042,2026-05-10T09:30:00+06:00"]
+
+
+def test_multilingual_info_blocks_become_translations():
+    english = INFO.replace("<language>ru</language>", "<language>en-US</language>").replace(
+        "Риск наркотрафика через Достук", "Drug trafficking risk at Dostuk")
+    a = parse_cap(cap(ALERT + english)).alert
+    assert a.language == "ru" and [(t.language, t.headline) for t in a.translations] == [("en-US", "Drug trafficking risk at Dostuk")]
+
+
+def test_private_scope_addresses_become_addressees_and_tlp_red():
+    body = '<msgType>Alert</msgType><scope>Private</scope><addresses>blo-dostuk "kg moi"</addresses>' + INFO.replace(
+        "<parameter><valueName>blonet:tlp</valueName><value>TLP:AMBER+STRICT</value></parameter>", "")
+    a = parse_cap(cap(body)).alert
+    assert a.addressees == ["blo-dostuk", "kg moi"] and a.tlp is Tlp.RED
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"<alert", "xml_malformed"),
+    (b"", "xml_malformed"),
+    (cap(ALERT, head='<!DOCTYPE alert [<!ENTITY x "boom">]>'), "xml_dtd_forbidden"),
+    (cap(ALERT, head='<!DOCTYPE alert SYSTEM "http://example.invalid/cap.dtd">'), "xml_dtd_forbidden"),
+    (cap(ALERT.replace("Достук</areaDesc>", "&xxe;</areaDesc>"), head='<!DOCTYPE alert [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'), "xml_dtd_forbidden"),
+    (cap(ALERT, head='<!DOCTYPE lolz [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'), "xml_dtd_forbidden"),
+    (b'<?xml version="1.0"?><alert xmlns="urn:example:not-cap"/>', "cap_schema_invalid"),
+    (cap(ALERT.replace("<scope>Restricted</scope>", "<scope>Secret</scope>")), "cap_schema_invalid"),
+    (cap(ALERT.replace("<severity>Severe</severity>", "<severity>Bad</severity>")), "cap_schema_invalid"),
+    (cap(ALERT.replace("2030-05-20T23:59:59+06:00", "2030-05-20T23:59:59Z")), "cap_schema_invalid"),
+    (cap(ALERT.replace("<msgType>Alert</msgType>", "<msgType>Ack</msgType>")), "cap_unsupported"),
+    (cap(ALERT.replace("<value>drugs</value>", "<value>cookies</value>")), "cap_mapping"),
+    (cap(ALERT.replace("<value>TLP:AMBER+STRICT</value>", "<value>TLP:PURPLE</value>")), "cap_mapping"),
+    (cap("<msgType>Update</msgType><scope>Public</scope>" + INFO), "cap_mapping"),
+    (cap("<msgType>Alert</msgType><scope>Public</scope>"), "cap_mapping"),
+    (cap(ALERT + INFO * MAX_INFO), "cap_too_large"),
+    (cap(ALERT.replace("</area>", "</area>" + "<area><areaDesc>x</areaDesc></area>" * MAX_AREAS)), "cap_too_large"),
+])
+def test_refused_documents_say_why(data, code):
+    with pytest.raises(CapError) as err:
+        parse_cap(data)
+    assert err.value.code == code, str(err.value)
+
+
+def test_format_time_is_what_the_schema_wants():
+    assert format_time(datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc)) == "2026-01-02T03:04:05+00:00"
+    with pytest.raises(ValueError):
+        format_time(datetime(2026, 1, 2))
+
+
+def _view(alert: Alert, **recipient) -> dict:
+    return {"alert_id": "x", "recipient": recipient or {"agency": "kg-moi", "unit": None, "profile": "full"},
+            "redacted": [], "alert": alert.model_dump(mode="json")}
+
+
+def _valid(xml: bytes) -> etree._Element:
+    root = etree.fromstring(xml)
+    assert schema().validate(root), schema().error_log
+    return root
+
+
+def test_the_scenario_renders_as_valid_cap_and_comes_back_equal():
+    alert = Alert.model_validate({**SCENARIO, "personal_data": {"names": ["Иванов И."], "vehicle_plates": ["01KG123ABC"]},
+                                  "translations": [{"language": "en", "headline": "Drug trafficking risk"}],
+                                  "addressees": ["uz-sbs"], "handling": ["H0", "H3"], "handling_note": "no press"})
+    xml = render_cap(_view(alert), sender="kg-sbs@blonet", identifier="urn:uuid:0190a000-0000-7000-8000-000000000001", sent=SENT)
+    _valid(xml)
+    back = parse_cap(xml)
+    assert back.alert == alert and back.alert_id == UUID("0190a000-0000-7000-8000-000000000001")
+
+
+def test_a_summary_view_renders_only_what_it_holds():
+    alert = Alert.model_validate({**SCENARIO, "personal_data": {"names": ["Иванов И."]}})
+    view = _view(alert, agency="unodc", unit=None, profile="summary")
+    view["alert"] = {k: v for k, v in view["alert"].items() if k not in ("description", "instruction", "personal_data", "sender_post")}
+    xml = render_cap(view, sender="blonet", identifier="urn:uuid:0190a000-0000-7000-8000-000000000001", sent=SENT)
+    _valid(xml)
+    assert "Иванов".encode() not in xml and SCENARIO["description"].encode() not in xml
+
+
+def test_red_without_addressees_names_the_recipient_and_language_picks_one_block():
+    alert = Alert.model_validate({**SCENARIO, "tlp": "TLP:RED", "translations": [{"language": "en", "headline": "Risk"}]})
+    xml = render_cap(_view(alert), sender="blonet", identifier="i", sent=SENT, language="en")
+    root = _valid(xml)
+    ns = {"c": "urn:oasis:names:tc:emergency:cap:1.2"}
+    assert root.findtext("c:scope", namespaces=ns) == "Private" and root.findtext("c:addresses", namespaces=ns) == "kg-moi"
+    assert [i.findtext("c:language", namespaces=ns) for i in root.findall("c:info", ns)] == ["en"]
+
+
+def test_references_render_as_triples_that_resolve_back():
+    ref = UUID("0190a000-0000-7000-8000-000000000001")
+    alert = Alert.model_validate({**SCENARIO, "msg_type": "update", "references": [str(ref)]})
+    back = parse_cap(_valid_bytes(render_cap(_view(alert), sender="kg-sbs", identifier="u-1", sent=SENT)))
+    assert back.alert.references == [ref]
+
+
+def _valid_bytes(xml: bytes) -> bytes:
+    _valid(xml)
+    return xml
+
+
+text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=40)
+ident = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True)
+when = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(timezone.utc)).map(
+    lambda d: d.replace(microsecond=0))
+
+
+@st.composite
+def alerts(draw) -> Alert:
+    effective = draw(st.none() | when)
+    expires = draw(st.none() | when.filter(lambda d: effective is None or d > effective))
+    handling = draw(st.lists(st.sampled_from([h for h in Handling if h is not Handling.H3]), unique=True, max_size=3))
+    msg_type = draw(st.sampled_from(MsgType))
+    return Alert(
+        sender_agency=draw(ident), sender_post=draw(st.none() | ident), status=draw(st.sampled_from(Status)),
+        msg_type=msg_type, references=draw(st.lists(st.uuids(version=4), min_size=1 if msg_type is not MsgType.ALERT else 0, max_size=3)),
+        category=draw(st.sampled_from(Category)), severity=draw(st.sampled_from(Severity)),
+        urgency=draw(st.sampled_from(Urgency)), certainty=draw(st.sampled_from(Certainty)),
+        effective=effective, expires=expires, location={"post": draw(st.none() | ident), "border_segment": draw(st.none() | st.sampled_from(["KG-UZ", "KG-TJ"]))},
+        headline=draw(text), description=draw(st.just("") | text), instruction=draw(st.none() | text),
+        language=draw(st.sampled_from(["ru", "en", "uz", "en-US"])), tlp=draw(st.sampled_from(Tlp)), handling=handling,
+        personal_data=draw(st.none() | st.builds(dict, names=st.lists(text, min_size=1, max_size=2)).map(lambda d: d)),
+        addressees=draw(st.lists(ident, max_size=3)), onward_permission=draw(st.booleans()),
+        translations=draw(st.lists(st.builds(dict, language=st.sampled_from(["en", "uz"]), headline=text), max_size=2)),
+    )
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(alerts(), when)
+def test_render_then_parse_is_the_identity(alert, sent):
+    alert = alert.model_copy(update={"references": [UUID(int=(r.int & ~(0xF << 76)) | (0x7 << 76)) for r in alert.references]})
+    xml = render_cap(_view(alert), sender=f"{alert.sender_agency}@blonet", identifier="urn:uuid:0190a000-0000-7000-8000-000000000001", sent=sent)
+    _valid(xml)
+    back = parse_cap(xml).alert
+    expected = alert
+    if alert.tlp is Tlp.RED and not alert.addressees:
+        expected = alert.model_copy(update={"addressees": ["kg-moi"]})  # Private scope names the recipient
+    assert back == expected
