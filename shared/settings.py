@@ -46,8 +46,18 @@ class Settings(BaseSettings):
 
     accept_timeout_seconds: float = 5.0  # the gateway answers 503 if Kafka has not acked by then
     webhook_timeout_seconds: float = 10.0
-    retry_schedule_seconds: list[float] = [1, 5, 30, 120, 600, 1800, 7200]
+    # Comparable to Svix: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 24 h (about two days in all).
+    retry_schedule_seconds: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000, 86400]
     allow_insecure_webhooks: bool = True  # plain http only to loopback; refused in production
+    circuit_failure_threshold: int = 5  # consecutive failures that open an endpoint's circuit
+    circuit_cooldown_seconds: float = 30.0  # open circuit: one probe after this long
+    endpoint_rate_per_second: float = 50.0  # per endpoint and notifier instance
+    endpoint_burst: int = 50
+    secret_overlap_seconds: float = 86_400.0  # after a rotation, both secrets sign for this long
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_sender: str = "blonet@localhost"
+    smtp_starttls: bool = False
 
     log_level: str = "INFO"
 

@@ -39,7 +39,16 @@ ALERTS_ACKNOWLEDGED = Topic(
     "alerts.acknowledged", "thread id", 6, ("gateway",), ("notifier", "gateway", "audit"),
     "recipients' acknowledgements: received, acting, not relevant",
 )
-CATALOGUE = (ALERTS_SUBMITTED, ALERTS_ROUTED, DELIVERIES_REQUESTED, DELIVERIES_STATUS, ALERTS_ACKNOWLEDGED)
+DELIVERIES_DEADLETTER = Topic(
+    "deliveries.deadletter", "endpoint id", 6, ("notifier",), ("audit",),
+    "deliveries given up on (schedule exhausted, 410, unknown or refused endpoint), with the reason",
+)
+OPERATIONS_ACTIONS = Topic(
+    "operations.actions", "target id", 3, ("notifier",), ("audit",),
+    "operators' acts on delivery state: replay, recover, enable/disable, secret rotation, escalation",
+)
+CATALOGUE = (ALERTS_SUBMITTED, ALERTS_ROUTED, DELIVERIES_REQUESTED, DELIVERIES_STATUS, ALERTS_ACKNOWLEDGED,
+             DELIVERIES_DEADLETTER, OPERATIONS_ACTIONS)
 
 
 async def create_topics(settings: Settings) -> list[str]:
