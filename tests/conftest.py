@@ -37,6 +37,9 @@ APP_ENV = {
     "BLONET_DEMO_INBOX_PORT": str(port(10)),
     "BLONET_PUBLIC_BASE_URL": f"http://127.0.0.1:{port(0)}",
     "BLONET_RETRY_SCHEDULE_SECONDS": "[0.2, 0.5, 1]",
+    "BLONET_CIRCUIT_FAILURE_THRESHOLD": "3",  # notifier: open after 3 failures, probe after 2 s
+    "BLONET_CIRCUIT_COOLDOWN_SECONDS": "2",
+    "BLONET_SMTP_PORT": str(port(400)),  # the notifier tests' own SMTP server (aiosmtpd)
     "BLONET_TOKEN_PRIVATE_KEY_FILE": str(REPO / "var" / "test-keys" / "token.pem"),
     "BLONET_TOKEN_PUBLIC_KEY_FILE": str(REPO / "var" / "test-keys" / "token.pub.pem"),
 }
