@@ -16,7 +16,7 @@ SCENARIO = {
                    "наркотиков из Кыргызстана в Узбекистан через пункт пропуска Достук.",
     "instruction": "Усилить пограничный контроль на ПП Достук 15–20 мая.",
     "language": "ru",
-    "tlp": "TLP:AMBER",
+    "tlp": "TLP:GREEN",
     "handling": ["H0"],
 }
 
@@ -31,3 +31,22 @@ EXPECTED_RECIPIENTS = {
     "ep-unodc": ("unodc", None, "summary"),
 }
 EXPECTED_DENIED = {("tj-bs", "tj-bs-kyzyl-art"): "not_on_route"}
+
+# The natural second case: customs at Dostuk stop precursor chemicals bound for Uzbekistan.
+PRECURSORS = {
+    "sender_agency": "kg-customs",
+    "sender_post": "dostuk",
+    "category": "precursors",
+    "severity": "severe",
+    "urgency": "immediate",
+    "certainty": "observed",
+    "location": {"post": "dostuk", "border_segment": "KG-UZ", "direction": {"from_country": "KG", "to_country": "UZ"}},
+    "headline": "Задержан груз уксусного ангидрида (прекурсор), направлявшийся в Узбекистан",
+    "description": "Грузовик с 2 т уксусного ангидрида без разрешительных документов задержан на ПП Достук.",
+    "instruction": "Проверить связанные грузы на ПП Дустлик.",
+    "personal_data": {"names": ["Driver A."], "vehicle_plates": ["01 KG 777 AAA"]},
+    "tlp": "TLP:AMBER",
+}
+
+# BLO Dostuk passes the first scenario on to the units at another crossing (the exercise's step 3).
+FORWARD_TO = ["kg-sbs-kyzyl-kiya", "kg-moi-kyzyl-kiya", "kg-customs-kyzyl-kiya"]

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
+from services.routing.cli import rules as routing_rules
 from shared import db, topics
 from shared.auth import Role, hash_api_key, new_api_key
 from shared.settings import get_settings
@@ -20,6 +21,7 @@ keys = typer.Typer(help="API keys: issued and revoked here, in one place.", no_a
 endpoints = typer.Typer(help="Webhook endpoint secrets, owned by the notifier.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 app.add_typer(endpoints, name="endpoints")
+app.add_typer(routing_rules, name="rules")
 console = Console()
 
 
@@ -87,9 +89,9 @@ def keys_revoke(key_id: str) -> None:
 @endpoints.command("sync")
 def endpoints_sync() -> None:
     """Give every endpoint of the network directory a signing secret if it has none."""
-    from services.routing.directory import load_network
+    from services.routing.network import load_network
 
-    directory, _, _ = load_network(get_settings().network_dir)
+    directory = load_network(get_settings().network_dir).directory
     ids = {e.id for e in directory.endpoints}
     asyncio.run(_with_session("notifier", lambda s: notifier_repo.ensure_endpoints(s, ids)))
     console.print(f"{len(ids)} endpoints have signing secrets")

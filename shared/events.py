@@ -28,6 +28,7 @@ class EventType(StrEnum):
     DELIVERY_STATUS = "delivery.status"
     ALERT_ACKNOWLEDGED = "alert.acknowledged"
     ALERT_FORWARDED = "alert.forwarded"
+    RULES_CHANGED = "routing.rules_changed"
     OPERATOR_ACTION = "operator.action"
 
 
@@ -228,3 +229,17 @@ class OperatorAction(Payload):
     actor: str = Field(description="credential id of the operator, or 'notifier' for automatic acts")
     reason: str | None = Field(None, max_length=2_000)
     detail: dict = Field({}, description="what the action touched, e.g. {'replayed': 12, 'since': ...}")
+
+
+class RulesChanged(Payload):
+    """A new network directory and rule set was activated (topic routing.rules).
+
+    Carries the full content, so an auditor can recompute any decision made under it.
+    """
+
+    event_type: ClassVar[EventType] = EventType.RULES_CHANGED
+    ruleset_hash: str
+    previous_hash: str | None = None
+    changed_by: str = Field(description="who activated it: a credential id, or cli:<user>")
+    source: str = Field(description="api, cli or bootstrap")
+    content: dict = Field(description="{directory, rules}, canonical")

@@ -33,6 +33,7 @@ class Runtime:
         self.producer_timeout_ms = 30_000
         self.consumers: list[EventConsumer] = []
         self.workers: list[Callable[[], Awaitable[None]]] = []
+        self.before_consuming: list[Callable[[], Awaitable[None]]] = []  # start-up steps needing DB and producer
         self._tasks: list[asyncio.Task] = []
         self.stopping = asyncio.Event()
 
@@ -55,6 +56,8 @@ class Runtime:
         await db.migrate(self.settings, self.name)
         self.producer = make_producer(self.settings, self.producer_timeout_ms)
         await self.producer.start()
+        for step in self.before_consuming:
+            await step()
         self._tasks = [asyncio.create_task(c.run(), name=f"consumer:{c.group}") for c in self.consumers]
         self._tasks += [asyncio.create_task(w(), name=f"worker:{getattr(w, '__name__', 'worker')}") for w in self.workers]
         for task in self._tasks:

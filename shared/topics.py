@@ -47,8 +47,12 @@ OPERATIONS_ACTIONS = Topic(
     "operations.actions", "target id", 3, ("notifier",), ("audit",),
     "operators' acts on delivery state: replay, recover, enable/disable, secret rotation, escalation",
 )
+ROUTING_RULES = Topic(
+    "routing.rules", "ruleset", 1, ("routing",), ("audit",),
+    "each activation of a network directory and rule set, with its full content and who made it",
+)
 CATALOGUE = (ALERTS_SUBMITTED, ALERTS_ROUTED, DELIVERIES_REQUESTED, DELIVERIES_STATUS, ALERTS_ACKNOWLEDGED,
-             DELIVERIES_DEADLETTER, OPERATIONS_ACTIONS)
+             DELIVERIES_DEADLETTER, OPERATIONS_ACTIONS, ROUTING_RULES)
 
 
 async def create_topics(settings: Settings) -> list[str]:

@@ -100,6 +100,18 @@ class Agreement(_Strict):
         return self.valid_from <= day and (self.valid_to is None or day <= self.valid_to)
 
 
+def _overlapping_agreements(agreements: tuple[Agreement, ...]) -> list[str]:
+    """Two agreements between the same parties in force on the same day make the policy ambiguous."""
+    problems = []
+    for i, a in enumerate(agreements):
+        for b in agreements[i + 1:]:
+            if set(a.parties) == set(b.parties):
+                a_end, b_end = a.valid_to or date.max, b.valid_to or date.max
+                if a.valid_from <= b_end and b.valid_from <= a_end:
+                    problems.append(f"agreements {a.id} and {b.id}: same parties with overlapping validity")
+    return problems
+
+
 class Directory(_Strict):
     countries: tuple[str, ...]
     agencies: tuple[Agency, ...]
@@ -132,6 +144,19 @@ class Directory(_Strict):
                 problems.append(f"endpoint {e.id}: unknown agency {e.agency}")
         for ag in self.agreements:
             problems += [f"agreement {ag.id}: unknown observer {o}" for o in ag.observers if o not in agencies]
+            problems += [f"agreement {ag.id}: unknown party {c}" for c in ag.parties if c not in self.countries]
+            if ag.valid_to and ag.valid_to < ag.valid_from:
+                problems.append(f"agreement {ag.id}: valid_to is before valid_from")
+        problems += _overlapping_agreements(self.agreements)
+        by_id = {p.id: p for p in self.posts}
+        for p in self.posts:
+            other = by_id.get(p.counterpart) if p.counterpart else None
+            if other and other.counterpart != p.id:
+                problems.append(f"post {p.id}: counterpart {other.id} does not name it back (counterparts are pairs)")
+            if other and (other.country == p.country or other.border_segment != p.border_segment):
+                problems.append(f"post {p.id}: counterpart {other.id} must face it across the same border segment")
+        ids = [x.id for x in (*self.agencies, *self.posts, *self.endpoints, *(u for _, u in self.units()))]
+        problems += [f"id {i} is used twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -147,62 +172,3 @@ class Directory(_Strict):
 
     def units(self) -> list[tuple[Post, Unit]]:
         return [(p, u) for p in self.posts for u in p.units]
-
-
-class Selector(StrEnum):
-    """Recipients named structurally, resolved against the directory for each alert."""
-
-    BLO_AT_POST = "blo_at_post"  # the BLO at the crossing point the alert concerns
-    UNITS_AT_POST = "units_at_post"  # every law-enforcement unit at that crossing point
-    COUNTERPARTS = "counterparts"  # units across the border at the sender's and the alert's posts
-    OBSERVERS = "observers"  # observer agencies, summary view only
-
-
-class Match(_Strict):
-    category: tuple[Category, ...] = ()
-    severity: tuple[Severity, ...] = ()
-    urgency: tuple[Urgency, ...] = ()
-    post: tuple[str, ...] = ()
-    border_segment: tuple[str, ...] = ()
-    sender_kind: tuple[AgencyKind, ...] = ()
-
-
-class Rule(_Strict):
-    id: str
-    description: str = ""
-    match: Match = Match()
-    recipients: tuple[Selector, ...]
-    continue_: bool = Field(False, alias="continue", description="keep evaluating later rules")
-
-
-class RuleSet(_Strict):
-    rules: tuple[Rule, ...] = Field(min_length=1)
-
-
-class NetworkConfigError(ValueError):
-    """The directory or rule files are invalid; the message names the file and fields."""
-
-
-def _load(path: Path, model: type[BaseModel]):
-    try:
-        return model.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise NetworkConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise NetworkConfigError(f"{path}: not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()]
-        raise NetworkConfigError(f"{path}: " + "; ".join(lines)) from None
-
-
-def load_network(network_dir: Path) -> tuple[Directory, RuleSet, str]:
-    """Load and validate directory.yaml and rules.yaml; return them with the rule-set hash."""
-    directory = _load(network_dir / "directory.yaml", Directory)
-    rules = _load(network_dir / "rules.yaml", RuleSet)
-    return directory, rules, ruleset_hash(directory, rules)
-
-
-def ruleset_hash(directory: Directory, rules: RuleSet) -> str:
-    """Return the SHA-256 of the canonical JSON of directory and rules: the version decided under."""
-    doc = {"directory": directory.model_dump(mode="json"), "rules": rules.model_dump(mode="json", by_alias=True)}
-    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

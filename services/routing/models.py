@@ -1,15 +1,33 @@
-"""Routing's tables (schema `routing`)."""
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid
+"""Routing's tables (schema `routing`): decisions per thread, and versioned network configurations."""
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
 decisions = Table(
     "decisions", metadata,
-    Column("alert_id", Uuid, primary_key=True),
+    Column("event_id", Uuid, primary_key=True, comment="the alert.routed event"),
+    Column("alert_id", Uuid, nullable=False, index=True),
     Column("thread_id", Uuid, nullable=False, index=True),
-    Column("event_id", Uuid, nullable=False, unique=True, comment="the alert.routed event"),
+    Column("kind", String(16), nullable=False, comment="alert, update, cancel or forward"),
+    Column("alert", JSONB, comment="the alert decided on (alerts, updates and cancels)"),
     Column("ruleset_hash", String(80), nullable=False),
     Column("decision", JSONB, nullable=False),
     Column("decided_at", DateTime(timezone=True), nullable=False),
+)
+
+rulesets = Table(
+    "rulesets", metadata,
+    Column("hash", String(80), primary_key=True),
+    Column("content", JSONB, nullable=False, comment="{directory, rules}: enough to recompute any decision"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", Text, nullable=False),
+)
+
+activations = Table(
+    "activations", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("hash", String(80), nullable=False),
+    Column("activated_at", DateTime(timezone=True), nullable=False),
+    Column("activated_by", Text, nullable=False),
 )

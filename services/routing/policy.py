@@ -1,169 +1,246 @@
-"""The routing decision: a pure function of (alert, directory, rules, time). No I/O, no clock.
+"""The routing decision: a pure function of (alert, thread, network, time). No I/O, no clock.
 
-Candidates come from the matching route rules and the alert's explicit addressees; policy then
-filters them, deny-overrides and default-deny across borders, and shapes each recipient's view.
+Candidates come from the matching route rules, the alert's explicit addressees and, for updates
+and cancels, everyone who received the thread before. Policy then filters them, deny-overrides
+and default-deny across borders, and shapes each recipient's view.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import date, datetime
 from uuid import UUID
 
-from services.routing.directory import Agency, Agreement, Directory, Match, Post, Rule, RuleSet, Selector
-from shared.alerts import Alert, Tlp
-from shared.events import AlertRouted, Denial, Recipient, ViewProfile
+from services.routing.compiled import Compiled, alert_keys, walk_indexed, walk_naive
+from services.routing.directory import Agency
+from services.routing.rules import Rule, Selector
+from shared.alerts import Alert, Handling, MsgType, Tlp
+from shared.events import AlertForwarded, AlertRouted, Denial, Recipient, ViewProfile
+
+THREAD_RULE = "thread"
+ADDRESSEE_RULE = "addressee"
+
+
+@dataclass(frozen=True)
+class Thread:
+    """What an alert's thread already did: its original alert and who received any part of it."""
+
+    original: Alert | None = None
+    recipients: tuple[Recipient, ...] = ()
 
 
 @dataclass(frozen=True)
 class Candidate:
     agency: Agency
-    unit_id: str | None
+    unit: str | None
     endpoint: str
     rule: str
     why: str
+    explicit: bool = False  # named by the sender, or already a recipient of the thread
 
 
-def matches(match: Match, alert: Alert, sender: Agency) -> bool:
-    """Return whether every non-empty matcher of a rule accepts the alert."""
-    checks = [
-        (match.category, alert.category), (match.severity, alert.severity), (match.urgency, alert.urgency),
-        (match.post, alert.location.post), (match.border_segment, alert.location.border_segment),
-        (match.sender_kind, sender.kind),
-    ]
-    return all(not allowed or value in allowed for allowed, value in checks)
-
-
-def _unit_candidates(directory: Directory, post: Post | None, rule: Rule, *, blo_only: bool) -> list[Candidate]:
+def _units_at(net: Compiled, post_id: str | None, rule: Rule, *, blo_only: bool) -> list[Candidate]:
+    post = net.posts.get(post_id)
     if post is None:
         return []
-    units = [u for u in post.units if u.blo or not blo_only]
     what = "BLO at" if blo_only else "law-enforcement unit at"
-    return [Candidate(directory.agency(u.agency), u.id, u.endpoint, rule.id, f"{what} {post.name_en}") for u in units]
+    return [Candidate(net.agencies[u.agency], u.id, u.endpoint, rule.id, f"{what} {post.name_en}")
+            for u in post.units if u.blo or not blo_only]
 
 
-def _select(selector: Selector, rule: Rule, alert: Alert, directory: Directory) -> list[Candidate]:
-    post = directory.post(alert.location.post)
-    if selector is Selector.BLO_AT_POST:
-        return _unit_candidates(directory, post, rule, blo_only=True)
-    if selector is Selector.UNITS_AT_POST:
-        return _unit_candidates(directory, post, rule, blo_only=False)
+def _select(selector: Selector, rule: Rule, alert: Alert, net: Compiled) -> list[Candidate]:
+    loc = alert.location
+    if selector in (Selector.BLO_AT_POST, Selector.UNITS_AT_POST):
+        blo_only = selector is Selector.BLO_AT_POST
+        if loc.post or not loc.direction:
+            return _units_at(net, loc.post, rule, blo_only=blo_only)
+        # No post named: the crossing points on the route's border, on the departure side.
+        segment = "-".join(sorted((loc.direction.from_country, loc.direction.to_country)))
+        posts = net.segment_posts.get((segment, loc.direction.from_country), [])
+        return [c for p in posts for c in _units_at(net, p.id, rule, blo_only=blo_only)]
     if selector is Selector.COUNTERPARTS:
         found = []
-        for near in (directory.post(alert.sender_post), post):
-            across = directory.post(near.counterpart) if near and near.counterpart else None
+        for near_id in dict.fromkeys((alert.sender_post, loc.post)):
+            near = net.posts.get(near_id)
+            across = net.posts.get(near.counterpart) if near and near.counterpart else None
             if across:
-                found += [
-                    Candidate(directory.agency(u.agency), u.id, u.endpoint, rule.id,
-                              f"counterpart across the {across.border_segment} border at {across.name_en}")
-                    for u in across.units
-                ]
+                found += [Candidate(net.agencies[u.agency], u.id, u.endpoint, rule.id,
+                                    f"counterpart across the {across.border_segment} border at {across.name_en}")
+                          for u in across.units]
         return found
-    return [
-        Candidate(a, None, a.endpoint, rule.id, "observer of the exchange")
-        for a in directory.agencies if a.observer and a.endpoint
-    ]
+    return [Candidate(a, None, a.endpoint, rule.id, "observer of the exchange") for a in net.observers]
 
 
-def _addressee_candidates(alert: Alert, directory: Directory) -> list[Candidate]:
-    found = []
-    for name in alert.addressees:
-        units = [(p, u) for p, u in directory.units() if name in (u.id, u.agency)]
-        agency = next((a for a in directory.agencies if a.id == name), None)
-        if units:
-            found += [Candidate(directory.agency(u.agency), u.id, u.endpoint, "addressee", f"named as addressee at {p.name_en}") for p, u in units]
-        elif agency and agency.endpoint:
-            found.append(Candidate(agency, None, agency.endpoint, "addressee", "named as addressee"))
-    return found
+def _named(net: Compiled, name: str, rule: str, why: str, explicit: bool) -> list[Candidate]:
+    """Resolve an agency or unit id: a unit is itself; an agency is its on-duty endpoint, else its units."""
+    if name in net.units:
+        post, unit = net.units[name]
+        return [Candidate(net.agencies[unit.agency], unit.id, unit.endpoint, rule, f"{why} at {post.name_en}", explicit)]
+    agency = net.agencies.get(name)
+    if agency is None:
+        return []
+    if agency.endpoint:
+        return [Candidate(agency, None, agency.endpoint, rule, why, explicit)]
+    return [Candidate(agency, u.id, u.endpoint, rule, f"{why} at {p.name_en}", explicit) for p, u in net.units_of_agency.get(name, ())]
 
 
-def _agreement(directory: Directory, sender: Agency, candidate: Agency, day) -> tuple[Agreement | None, str, str]:
-    """Find an agreement that lets the alert cross to the candidate; else (None, code, why)."""
-    relevant = [
-        ag for ag in directory.agreements
-        if sender.country in ag.parties and (candidate.country in ag.parties or candidate.id in ag.observers)
-    ]
+def _prior(net: Compiled, thread: Thread) -> list[Candidate]:
+    return [Candidate(net.agencies[r.agency], r.unit, r.endpoint, THREAD_RULE, "received an earlier message of this thread", True)
+            for r in thread.recipients if r.agency in net.agencies]
+
+
+def _agreement_check(net: Compiled, alert: Alert, sender: Agency, c: Candidate, day: date) -> tuple[list[str], Denial | None]:
+    """Return (redactions, None) if an agreement lets the alert cross to the candidate, else the denial."""
+    def deny(code: str, why: str) -> tuple[list[str], Denial]:
+        return [], Denial(agency=c.agency.id, unit=c.unit, code=code, explanation=why)
+
+    relevant = net.agreements_for(sender.country, c.agency)
     if not relevant:
-        return None, "no_agreement", f"no sharing agreement between {sender.country} and {candidate.country or candidate.id}"
+        return deny("no_agreement", f"no sharing agreement between {sender.country} and {c.agency.country or c.agency.id}")
     active = [ag for ag in relevant if ag.active_on(day)]
     if not active:
-        return None, "agreement_inactive", f"agreement {relevant[0].id} is not in force on {day.isoformat()}"
-    return active[0], "", ""
+        return deny("agreement_inactive", f"agreement {relevant[0].id} is not in force on {day.isoformat()}")
+    ag = active[0]
+    if alert.category not in ag.categories:
+        return deny("category_not_covered", f"agreement {ag.id} does not cover {alert.category}")
+    if alert.tlp.openness < ag.max_tlp.openness:
+        return deny("tlp_exceeds_agreement", f"agreement {ag.id} allows up to {ag.max_tlp}, the alert is {alert.tlp}")
+    return (["personal_data"] if alert.personal_data and not ag.personal_data else []), None
 
 
-def decide(alert: Alert, directory: Directory, rules: RuleSet, ruleset_hash: str, now: datetime) -> AlertRouted:
-    """Return who receives the alert, in which view, and who was denied and why."""
-    sender = directory.agency(alert.sender_agency)
-    candidates: list[Candidate] = []
-    for rule in rules.rules:
-        if matches(rule.match, alert, sender):
-            for selector in rule.recipients:
-                candidates += _select(selector, rule, alert, directory)
-            if not rule.continue_:
-                break
-    candidates += _addressee_candidates(alert, directory)
-    named = set(alert.addressees)
-    day = (alert.effective or now).date()
-    route = {alert.location.direction.from_country, alert.location.direction.to_country} if alert.location.direction else None
-    sender_unit_ids = {u.id for u in (directory.post(alert.sender_post).units if directory.post(alert.sender_post) else ()) if u.agency == sender.id}
+def admit(alert: Alert, sender: Agency, c: Candidate, net: Compiled, now: datetime,
+          denied_by_rule: dict[str, str]) -> Recipient | Denial:
+    """Apply the policy clauses to one candidate, most decisive first; the first denial wins."""
+    def deny(code: str, why: str) -> Denial:
+        return Denial(agency=c.agency.id, unit=c.unit, code=code, explanation=why)
 
+    for name in (c.unit, c.agency.id):
+        if name in denied_by_rule:
+            return deny("denied_by_rule", denied_by_rule[name])
+    if alert.expires and alert.expires <= now and c.rule != THREAD_RULE:
+        return deny("expired", f"the alert expired at {alert.expires.isoformat()}: it reaches no one new")
+    if alert.tlp is Tlp.RED and not c.explicit:
+        return deny("tlp_red", "TLP:RED goes to explicitly named recipients only")
+    cross_border = c.agency.country != sender.country
+    direction = alert.location.direction
+    if cross_border and not c.agency.observer and direction and not c.explicit \
+            and c.agency.country not in (direction.from_country, direction.to_country):
+        return deny("not_on_route", f"{c.agency.country} is not on the {direction.from_country}→{direction.to_country} route")
+    redacted: list[str] = []
+    if cross_border:
+        redacted, denial = _agreement_check(net, alert, sender, c, (alert.effective or now).date())
+        if denial:
+            return denial
+    profile = ViewProfile.SUMMARY if c.agency.observer else ViewProfile.FULL
+    if profile is ViewProfile.SUMMARY and alert.personal_data and "personal_data" not in redacted:
+        redacted.append("personal_data")
+    return Recipient(agency=c.agency.id, unit=c.unit, endpoint=c.endpoint, profile=profile, redacted=redacted,
+                     rule=c.rule, reason=c.why)
+
+
+def _collect(outcomes: list[Recipient | Denial], kind: str, net: Compiled, note: str | None = None,
+             forward_id: UUID | None = None) -> AlertRouted:
     recipients: dict[str, Recipient] = {}
     denied: dict[tuple[str, str | None], Denial] = {}
-    for c in candidates:
-        if c.endpoint in recipients or (c.agency.id, c.unit_id) in denied:
-            continue
+    for o in outcomes:
+        key = (o.agency, o.unit)
+        if isinstance(o, Recipient):
+            if o.endpoint not in recipients and key not in denied:
+                recipients[o.endpoint] = o
+        elif key not in denied and not any((r.agency, r.unit) == key for r in recipients.values()):
+            denied[key] = o
+    if not recipients and note is None:
+        note = "no candidate passed the policy: routed to no one"
+    return AlertRouted(ruleset_hash=net.hash, recipients=list(recipients.values()), denied=list(denied.values()),
+                       kind=kind, forward_id=forward_id, note=note)
 
-        def deny(code: str, why: str) -> None:
-            denied[(c.agency.id, c.unit_id)] = Denial(agency=c.agency.id, unit=c.unit_id, code=code, explanation=why)
 
-        explicit = c.unit_id in named or c.agency.id in named
-        cross_border = c.agency.country != sender.country
-        if c.unit_id in sender_unit_ids:
-            continue  # the originator does not receive its own alert
-        if alert.tlp is Tlp.RED and not explicit:
-            deny("tlp_red", "TLP:RED goes to explicitly named recipients only")
-            continue
-        if cross_border and not c.agency.observer and route and c.agency.country not in route and not explicit:
-            deny("not_on_route", f"{c.agency.country} is not on the {alert.location.direction.from_country}→{alert.location.direction.to_country} route")
-            continue
-        redacted: list[str] = []
-        if cross_border:
-            agreement, code, why = _agreement(directory, sender, c.agency, day)
-            if agreement is None:
-                deny(code, why)
-                continue
-            if alert.category not in agreement.categories:
-                deny("category_not_covered", f"agreement {agreement.id} does not cover {alert.category}")
-                continue
-            if alert.tlp.openness < agreement.max_tlp.openness:
-                deny("tlp_exceeds_agreement", f"agreement {agreement.id} allows up to {agreement.max_tlp}, the alert is {alert.tlp}")
-                continue
-            if alert.personal_data and not agreement.personal_data:
-                redacted.append("personal_data")
-        profile = ViewProfile.SUMMARY if c.agency.observer else ViewProfile.FULL
-        if profile is ViewProfile.SUMMARY and alert.personal_data and "personal_data" not in redacted:
-            redacted.append("personal_data")
-        recipients[c.endpoint] = Recipient(
-            agency=c.agency.id, unit=c.unit_id, endpoint=c.endpoint, profile=profile, redacted=redacted,
-            rule=c.rule, reason=c.why,
-        )
-    return AlertRouted(ruleset_hash=ruleset_hash, recipients=list(recipients.values()), denied=list(denied.values()))
+def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive: bool = False) -> AlertRouted:
+    """Return who receives the alert, in which view, and who was denied and why."""
+    kind = alert.msg_type.value
+    sender = net.agencies.get(alert.sender_agency)
+    if sender is None:
+        return _collect([], kind, net, note=f"unknown sender agency {alert.sender_agency}: routed to no one")
+    prior = _prior(net, thread)
+    if alert.msg_type is MsgType.CANCEL:  # a cancel reaches exactly those who hold the thread
+        return _collect(list(thread.recipients), kind, net, note=None if prior else "nobody received this thread: nothing to cancel")
+    keys = alert_keys(alert, sender)
+    rules = walk_naive(net.network.rules.rules, keys) if naive else walk_indexed(net.root, keys)
+    denied_by_rule = {name: rule.deny_reason or f"rule {rule.id} denies it" for rule in rules for name in rule.deny}
+    candidates = prior + [c for rule in rules for s in rule.recipients for c in _select(s, rule, alert, net)]
+    candidates += [c for rule in rules for n in rule.named for c in _named(net, n, rule.id, f"named by rule {rule.id}", False)]
+    candidates += [c for n in alert.addressees for c in _named(net, n, ADDRESSEE_RULE, "named as addressee", True)]
+    # Whoever the sender named is explicit however it was selected; its own unit is not told its own alert.
+    named = set(alert.addressees)
+    candidates = [replace(c, explicit=True) if c.unit in named or c.agency.id in named else c for c in candidates]
+    own = {u.id for u in (net.posts[alert.sender_post].units if alert.sender_post in net.posts else ()) if u.agency == sender.id}
+    outcomes = [admit(alert, sender, c, net, now, denied_by_rule) for c in candidates if c.unit is None or c.unit not in own]
+    note = None if rules or alert.addressees or prior else "no route rule matched this alert: routed to no one"
+    return _collect(outcomes, kind, net, note)
+
+
+def decide_forward(forward: AlertForwarded, thread: Thread, net: Compiled, now: datetime) -> AlertRouted:
+    """Decide a recipient's forward: never wider than what the original allowed, nor than the forwarder's own view."""
+    def deny(c: Candidate | None, name: str, code: str, why: str) -> Denial:
+        return Denial(agency=c.agency.id if c else name, unit=c.unit if c else None, code=code, explanation=why)
+
+    original = thread.original
+    sender = net.agencies.get(original.sender_agency) if original else None
+    held = next((r for r in thread.recipients if r.agency == forward.agency and forward.unit in (None, r.unit)), None)
+    forwarder = net.agencies.get(forward.agency)
+    targets = [(n, c) for n in forward.to for c in (_named(net, n, "forward", f"forwarded by {forward.unit or forward.agency}", False) or [None])]
+    if original is None or sender is None or held is None or forwarder is None:
+        why = "only a recipient of the alert may forward it"
+        return _collect([deny(c, n, "not_a_recipient", why) for n, c in targets], "forward", net, forward_id=forward.forward_id,
+                        note=why)
+    home = net.units[held.unit][0].id if held.unit in net.units else None
+    onward = not net.agencies_cross(forwarder, sender) or any(
+        ag.onward_sharing and ag.active_on(now.date()) for ag in net.agreements_for(sender.country, forwarder))
+    received = {r.endpoint for r in thread.recipients}
+    outcomes: list[Recipient | Denial] = []
+    for name, c in targets:
+        if c is None:
+            outcomes.append(deny(None, name, "unknown_recipient", f"{name} is not in the network directory"))
+        elif c.endpoint in received:
+            outcomes.append(deny(c, name, "already_received", "already received this alert"))
+        elif Handling.H2 in original.handling and not original.onward_permission:
+            outcomes.append(deny(c, name, "handling_h2", "H2: not to be disseminated without the originator's permission"))
+        elif original.tlp is Tlp.RED:
+            outcomes.append(deny(c, name, "tlp_red", "TLP:RED is never passed on"))
+        elif original.tlp is Tlp.AMBER_STRICT and c.agency.id != forwarder.id:
+            outcomes.append(deny(c, name, "tlp_amber_strict", f"TLP:AMBER+STRICT stays inside {forwarder.id}"))
+        elif original.tlp is Tlp.AMBER and c.agency.id != forwarder.id and (c.unit not in net.units or net.units[c.unit][0].id != home):
+            outcomes.append(deny(c, name, "tlp_amber", f"TLP:AMBER goes only to {forwarder.id} and the units at its own post"))
+        elif not onward:
+            outcomes.append(deny(c, name, "no_onward_sharing", f"the agreement with {sender.country} does not allow onward sharing"))
+        else:
+            admitted = admit(original, sender, c, net, now, {})
+            if isinstance(admitted, Recipient):  # never a wider view than the forwarder's own
+                profile = ViewProfile.SUMMARY if ViewProfile.SUMMARY in (admitted.profile, held.profile) else ViewProfile.FULL
+                redacted = sorted(set(admitted.redacted) | set(held.redacted))
+                admitted = admitted.model_copy(update={"profile": profile, "redacted": redacted})
+            outcomes.append(admitted)
+    return _collect(outcomes, "forward", net, forward_id=forward.forward_id)
 
 
 SUMMARY_FIELDS = (
-    "sender_agency", "msg_type", "category", "severity", "urgency", "certainty",
+    "sender_agency", "msg_type", "references", "category", "severity", "urgency", "certainty",
     "effective", "expires", "location", "headline", "tlp", "handling", "handling_note", "language",
 )
 
 
-def view(alert: Alert, recipient: Recipient, *, alert_id: UUID, thread_id: UUID, sent_at: datetime) -> dict:
+def view(alert: Alert, recipient: Recipient, *, alert_id: UUID, thread_id: UUID, sent_at: datetime,
+         forwarded_by: dict | None = None) -> dict:
     """Return the recipient's view of the alert: what its profile and agreements allow, no more."""
     doc = alert.model_dump(mode="json")
     if recipient.profile is ViewProfile.SUMMARY:
         doc = {k: doc[k] for k in SUMMARY_FIELDS}
     for field in recipient.redacted:
         doc.pop(field, None)
-    return {
+    body = {
         "alert_id": str(alert_id), "thread_id": str(thread_id), "sent_at": sent_at.isoformat(),
         "recipient": {"agency": recipient.agency, "unit": recipient.unit, "profile": recipient.profile.value},
         "redacted": recipient.redacted, "alert": doc,
     }
+    if forwarded_by:
+        body["forwarded_by"] = forwarded_by
+    return body

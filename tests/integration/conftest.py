@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from demo.inbox import Inbox, serve
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
-from services.routing.directory import load_network
+from services.routing.network import load_network
 from shared import db, topics
 from shared.auth import Role, ensure_signing_key, hash_api_key, new_api_key
 from shared.settings import REPO, Settings, get_settings
@@ -87,7 +87,7 @@ async def make_key(settings: Settings, agency: str, *roles: Role) -> str:
 
 @pytest.fixture(scope="session")
 async def inbox(settings) -> AsyncIterator[Inbox]:
-    directory, _, _ = load_network(settings.network_dir)
+    directory = load_network(settings.network_dir).directory
     await in_session(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, {e.id for e in directory.endpoints}))
     found = await in_session(settings, "notifier", notifier_repo.secrets_by_endpoint)
     box = Inbox(secrets=lambda: found)

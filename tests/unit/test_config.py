@@ -5,7 +5,7 @@ import jwt
 import pytest
 import yaml
 
-from services.routing.directory import NetworkConfigError, load_network
+from services.routing.network import NetworkConfigError, load_network
 from shared.auth import Principal, Role, issue_token, split_api_key, new_api_key, verify_token, ensure_signing_key
 from shared.settings import REPO, Settings
 
@@ -20,18 +20,36 @@ def test_production_refuses_development_secrets(tmp_path):
     assert ok.password_for("routing") == "s3cret-long"
 
 
-def test_a_broken_directory_names_file_and_field(tmp_path: Path):
+def test_a_broken_network_is_refused_with_every_problem_listed(tmp_path: Path):
     doc = yaml.safe_load((REPO / "deploy/network/directory.yaml").read_text())
-    doc["posts"][0]["units"][0]["agency"] = "nobody"
     doc["agencies"][0]["kind"] = "wizard"
     (tmp_path / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
-    (tmp_path / "rules.yaml").write_text((REPO / "deploy/network/rules.yaml").read_text())
-    with pytest.raises(NetworkConfigError, match=r"directory.yaml: agencies.0.kind: Input should be"):
+    (tmp_path / "rules.yaml").write_text("rules: [{id: Bad Id, recipients: [everyone]}]")
+    with pytest.raises(NetworkConfigError) as caught:
         load_network(tmp_path)
-    doc["agencies"][0]["kind"] = "border_guard"
+    problems = caught.value.problems
+    assert any("directory: agencies.0.kind: Input should be" in p for p in problems)
+    assert any("rules: rules.0.id: String should match pattern" in p for p in problems)
+    assert any("rules: rules.0.recipients.0: Input should be" in p for p in problems)
+
+
+def test_directory_references_are_checked_as_a_whole(tmp_path: Path):
+    doc = yaml.safe_load((REPO / "deploy/network/directory.yaml").read_text())
+    doc["posts"][0]["units"][0]["agency"] = "nobody"
+    doc["posts"][0]["counterpart"] = "dostuk"  # Bor-Dobo and Dostuk do not face each other
+    doc["agreements"].append({**doc["agreements"][0], "id": "kg-uz-copy"})
     (tmp_path / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
-    with pytest.raises(NetworkConfigError, match="unit blo-bor-dobo: unknown agency nobody"):
+    (tmp_path / "rules.yaml").write_text("rules: [{id: r1, named: [ghost], match: {post: [atlantis]}}]")
+    with pytest.raises(NetworkConfigError) as caught:
         load_network(tmp_path)
+    text = str(caught.value)
+    for expected in ("unit blo-bor-dobo: unknown agency nobody", "post bor-dobo: counterpart dostuk does not name it back",
+                     "agreements kg-uz-blo-2015 and kg-uz-copy: same parties with overlapping validity"):
+        assert expected in text, text
+    (tmp_path / "directory.yaml").write_text((REPO / "deploy/network/directory.yaml").read_text())
+    with pytest.raises(NetworkConfigError) as caught:
+        load_network(tmp_path)
+    assert caught.value.problems == ["rules: rule r1: unknown agency or unit ghost", "rules: rule r1: unknown post atlantis"]
 
 
 def test_tokens_round_trip_and_refuse_forgery(tmp_path):

@@ -1,135 +1,194 @@
-"""The routing decision core: the exercise scenario, each policy rule, and invariants."""
+"""The routing decision core: the exercise scenarios, each policy clause as a table, and invariants."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from uuid import uuid4
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, SCENARIO
-from services.routing.directory import load_network
-from services.routing.policy import decide, view
-from shared.alerts import Alert, Category, Tlp
-from shared.events import ViewProfile
+from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, FORWARD_TO, PRECURSORS, SCENARIO
+from services.routing.compiled import Compiled
+from services.routing.network import load_network, network_from
+from services.routing.policy import Thread, decide, decide_forward, view
+from shared.alerts import Alert
+from shared.events import AlertForwarded, ViewProfile
 from shared.settings import REPO
 
-DIRECTORY, RULES, HASH = load_network(REPO / "deploy" / "network")
+NET = Compiled(load_network(REPO / "deploy" / "network"))
 NOW = datetime(2017, 5, 10, tzinfo=timezone.utc)
 
 
-def alert(**changes) -> Alert:
-    return Alert.model_validate({**SCENARIO, **changes})
+def alert(base: dict = SCENARIO, **changes) -> Alert:
+    return Alert.model_validate({**base, **changes})
 
 
-def route(a: Alert):
-    return decide(a, DIRECTORY, RULES, HASH, NOW)
+def route(a: Alert, thread: Thread = Thread(), net: Compiled = NET, now: datetime = NOW):
+    return decide(a, thread, net, now)
 
 
-def test_scenario_reaches_exactly_the_expected_recipients():
+def outcome(d) -> dict[str, str]:
+    """Map unit-or-agency → 'full', 'summary' or the denial code."""
+    got = {(r.unit or r.agency): r.profile.value for r in d.recipients}
+    got.update({(x.unit or x.agency): x.code for x in d.denied})
+    return got
+
+
+def forward(to: list[str], agency="kg-sbs", unit="blo-dostuk") -> AlertForwarded:
+    return AlertForwarded(forward_id=uuid4(), agency=agency, unit=unit, to=to, forwarded_by="k1")
+
+
+def test_first_scenario_reaches_exactly_the_expected_recipients():
     d = route(alert())
-    got = {r.endpoint: (r.agency, r.unit, r.profile.value) for r in d.recipients}
-    assert got == EXPECTED_RECIPIENTS
+    assert {r.endpoint: (r.agency, r.unit, r.profile.value) for r in d.recipients} == EXPECTED_RECIPIENTS
     assert {(x.agency, x.unit): x.code for x in d.denied} == EXPECTED_DENIED
-    assert d.ruleset_hash == HASH and HASH.startswith("sha256:")
+    assert d.ruleset_hash == NET.hash and d.kind == "alert" and d.note is None
+    assert all(r.reason and r.rule == "trafficking-risk-at-crossing" for r in d.recipients)
+    assert "TJ is not on the KG→UZ route" in d.denied[0].explanation
 
 
-def test_every_decision_explains_itself():
-    d = route(alert())
-    assert all(r.reason and r.rule for r in d.recipients)
-    tj = d.denied[0]
-    assert "TJ" in tj.explanation and "KG→UZ" in tj.explanation
+def test_precursor_scenario_from_customs():
+    d = route(alert(PRECURSORS))
+    assert outcome(d) == {
+        "blo-dostuk": "full", "kg-moi-dostuk": "full",  # the child rule adds the units at the post
+        "uz-sbs-dustlik": "full", "kg-gknb-bgs": "summary", "kz-mof": "summary", "unodc": "summary",
+    }, "customs' own unit is not told its own alert"
+    by = {r.unit or r.agency: r for r in d.recipients}
+    assert by["blo-dostuk"].redacted == [] and by["uz-sbs-dustlik"].redacted == ["personal_data"]
+    assert by["kg-moi-dostuk"].rule == "precursors-found-by-customs"
 
 
-def test_tlp_red_only_to_named_addressees():
-    d = route(alert(tlp="TLP:RED", addressees=["blo-dostuk"]))
-    assert [r.unit for r in d.recipients] == ["blo-dostuk"]
-    assert {x.code for x in d.denied} == {"tlp_red"}
+@pytest.mark.parametrize("changes, expected", [
+    # TLP:RED goes to named addressees only
+    ({"tlp": "TLP:RED", "addressees": ["blo-dostuk"]},
+     {"blo-dostuk": "full", "kg-moi-dostuk": "tlp_red", "kg-customs-dostuk": "tlp_red", "uz-sbs-dustlik": "tlp_red",
+      "tj-bs-kyzyl-art": "tlp_red", "kg-gknb-bgs": "tlp_red", "kz-mof": "tlp_red", "unodc": "tlp_red"}),
+    # an agreement caps the classification that may cross
+    ({"tlp": "TLP:AMBER+STRICT"},
+     {"blo-dostuk": "full", "kg-moi-dostuk": "full", "kg-customs-dostuk": "full", "kg-gknb-bgs": "summary",
+      "uz-sbs-dustlik": "tlp_exceeds_agreement", "tj-bs-kyzyl-art": "not_on_route", "kz-mof": "tlp_exceeds_agreement",
+      "unodc": "tlp_exceeds_agreement"}),
+    # the KG–KZ observer arrangement covers drugs and precursors only
+    ({"category": "smuggled_goods"},
+     {"blo-dostuk": "full", "kg-moi-dostuk": "full", "kg-customs-dostuk": "full", "uz-sbs-dustlik": "full",
+      "tj-bs-kyzyl-art": "not_on_route", "kg-gknb-bgs": "summary", "kz-mof": "category_not_covered", "unodc": "summary"}),
+    # no agreement was in force before October 2015
+    ({"effective": "2014-05-15T00:00:00+06:00", "expires": "2017-05-20T00:00:00+06:00"},
+     {"blo-dostuk": "full", "kg-moi-dostuk": "full", "kg-customs-dostuk": "full", "kg-gknb-bgs": "summary",
+      "uz-sbs-dustlik": "agreement_inactive", "tj-bs-kyzyl-art": "not_on_route", "kz-mof": "agreement_inactive",
+      "unodc": "agreement_inactive"}),
+    # an explicit addressee across the border is not filtered by the route, but still needs an agreement
+    ({"addressees": ["tj-bs-kyzyl-art"]},
+     {**{u: p for u, (_, _, p) in ((v[1] or v[0], v) for v in EXPECTED_RECIPIENTS.values())}, "tj-bs-kyzyl-art": "full"}),
+    # TLP:CLEAR and GREEN are as open as the agreements allow
+    ({"tlp": "TLP:CLEAR"},
+     {**{(v[1] or v[0]): v[2] for v in EXPECTED_RECIPIENTS.values()}, "tj-bs-kyzyl-art": "not_on_route"}),
+])
+def test_policy_clauses(changes, expected):
+    assert outcome(route(alert(**changes))) == expected
 
 
-def test_tlp_above_agreement_does_not_cross():
-    d = route(alert(tlp="TLP:AMBER+STRICT"))
-    denied = {x.unit or x.agency: x.code for x in d.denied}
-    assert denied["uz-sbs-dustlik"] == "tlp_exceeds_agreement"
-    assert "uz-sbs" not in {r.agency for r in d.recipients}
-    assert {"blo-dostuk", "kg-moi-dostuk", "kg-customs-dostuk"} <= {r.unit for r in d.recipients}
+def test_expired_alert_reaches_no_one_new():
+    d = route(alert(expires="2017-05-01T00:00:00+06:00", effective=None), now=NOW)
+    assert set(outcome(d).values()) <= {"expired", "not_on_route"} and not d.recipients
+    assert d.note == "no candidate passed the policy: routed to no one"
 
 
-def test_category_outside_agreement_does_not_cross():
-    # KG–KZ observer arrangement covers drugs and precursors only.
-    d = route(alert(category="smuggled_goods"))
-    assert {x.agency: x.code for x in d.denied}["kz-mof"] == "category_not_covered"
+def test_alert_matching_no_rule_is_routed_to_no_one_and_says_so():
+    doc = NET.network.content()
+    doc["rules"] = {"rules": [{"id": "drugs-only", "match": {"category": ["drugs"]}, "recipients": ["blo_at_post"]}]}
+    small = Compiled(network_from(doc))
+    d = route(alert(category="weapons"), net=small)
+    assert not d.recipients and not d.denied and d.note == "no route rule matched this alert: routed to no one"
 
 
-def test_no_agreement_before_it_was_signed():
-    d = route(alert(effective="2014-05-15T00:00:00+06:00", expires="2014-05-20T00:00:00+06:00"))
-    assert {x.unit or x.agency: x.code for x in d.denied}["uz-sbs-dustlik"] == "agreement_inactive"
+def test_deny_rule_overrides_everything_including_addressees():
+    doc = NET.network.content()
+    doc["rules"]["rules"][0]["deny"] = ["kg-customs", "unodc"]
+    doc["rules"]["rules"][0]["deny_reason"] = "customs are told through their own channel"
+    d = route(alert(addressees=["kg-customs-dostuk"]), net=Compiled(network_from(doc)))
+    got = outcome(d)
+    assert got["kg-customs-dostuk"] == "denied_by_rule" and got["unodc"] == "denied_by_rule"
+    assert "their own channel" in next(x.explanation for x in d.denied if x.agency == "kg-customs")
 
 
-def test_personal_data_is_redacted_across_borders_and_for_observers():
-    a = alert(personal_data={"names": ["A. Example"], "vehicle_plates": ["01 KG 123 ABC"]})
-    d = route(a)
-    by_unit = {r.unit or r.agency: r for r in d.recipients}
-    assert by_unit["blo-dostuk"].redacted == []
-    assert by_unit["uz-sbs-dustlik"].redacted == ["personal_data"]
-    assert by_unit["unodc"].redacted == ["personal_data"]
-    ids = dict(alert_id=uuid4(), thread_id=uuid4(), sent_at=NOW)
-    assert view(a, by_unit["blo-dostuk"], **ids)["alert"]["personal_data"]["names"] == ["A. Example"]
-    assert "personal_data" not in view(a, by_unit["uz-sbs-dustlik"], **ids)["alert"]
+def test_handling_codes_travel_into_every_view():
+    a = alert(handling=["H1", "H3"], handling_note="only with the prosecutor's consent")
+    for r in route(a).recipients:
+        body = view(a, r, alert_id=uuid4(), thread_id=uuid4(), sent_at=NOW)["alert"]
+        assert body["handling"] == ["H1", "H3"] and body["handling_note"] == "only with the prosecutor's consent"
 
 
-def test_observers_get_the_summary_view_only():
-    a = alert()
+def test_observers_get_the_summary_view_without_personal_data():
+    a = alert(personal_data={"names": ["A. Example"]})
     unodc = next(r for r in route(a).recipients if r.agency == "unodc")
-    assert unodc.profile is ViewProfile.SUMMARY
     body = view(a, unodc, alert_id=uuid4(), thread_id=uuid4(), sent_at=NOW)["alert"]
-    assert "description" not in body and "instruction" not in body and body["headline"] == a.headline
+    assert unodc.profile is ViewProfile.SUMMARY and unodc.redacted == ["personal_data"]
+    assert "description" not in body and "personal_data" not in body and body["headline"] == a.headline
 
 
-def test_the_originator_does_not_receive_its_own_alert():
-    d = route(alert(location={"post": "bor-dobo", "border_segment": "KG-TJ",
-                              "direction": {"from_country": "KG", "to_country": "TJ"}}))
-    assert "blo-bor-dobo" not in {r.unit for r in d.recipients}
+def original_thread(a: Alert | None = None) -> Thread:
+    a = a or alert()
+    return Thread(a, tuple(route(a).recipients))
 
 
-alerts = st.builds(
-    lambda cat, tlp, post, to, named, pd: alert(
-        category=cat, tlp=tlp, addressees=named,
-        location={"post": post, "direction": {"from_country": "KG", "to_country": to}},
-        personal_data={"names": ["X"]} if pd else None,
-    ),
-    st.sampled_from(list(Category)), st.sampled_from(list(Tlp)),
-    st.sampled_from(["dostuk", "dustlik", "bor-dobo", "kyzyl-art", None]), st.sampled_from(["UZ", "TJ", "KZ"]),
-    st.lists(st.sampled_from(["blo-dostuk", "uz-sbs", "tj-bs-kyzyl-art", "unodc", "kg-moi"]), max_size=3, unique=True),
-    st.booleans(),
-)
+def test_update_reaches_everyone_who_received_the_original_and_cancel_only_them():
+    thread = original_thread()
+    update = alert(msg_type="update", references=[uuid4()], headline="Risk window moved to 17–22 May",
+                   addressees=["tj-bs-kyzyl-art"])
+    got = outcome(route(update, thread))
+    assert {k for k, v in got.items() if v in ("full", "summary")} >= {(v[1] or v[0]) for v in EXPECTED_RECIPIENTS.values()}
+    assert got["tj-bs-kyzyl-art"] == "full", "an update may reach someone new where policy now allows it"
+    cancel = alert(msg_type="cancel", references=[uuid4()], addressees=["tj-bs-kyzyl-art"])
+    d = route(cancel, thread)
+    assert {r.endpoint for r in d.recipients} == set(EXPECTED_RECIPIENTS) and d.kind == "cancel"
 
 
-@settings(max_examples=300, deadline=None)
-@given(alerts)
-def test_policy_invariants(a: Alert):
-    d = route(a)
-    endpoints = [r.endpoint for r in d.recipients]
-    assert len(endpoints) == len(set(endpoints)), "one delivery per endpoint"
-    denied = {(x.agency, x.unit) for x in d.denied}
-    assert not denied & {(r.agency, r.unit) for r in d.recipients}, "denied and received are disjoint"
-    for r in d.recipients:
-        agency = DIRECTORY.agency(r.agency)
-        if a.tlp is Tlp.RED:
-            assert r.unit in a.addressees or r.agency in a.addressees
-        if agency.country != "KG":  # crossed a border: an agreement in force allowed it
-            assert any(
-                ("KG" in ag.parties and (agency.country in ag.parties or agency.id in ag.observers))
-                and ag.active_on(a.effective.date()) and a.category in ag.categories
-                and a.tlp.openness >= ag.max_tlp.openness
-                for ag in DIRECTORY.agreements
-            )
-            if a.personal_data:
-                assert "personal_data" in r.redacted
-        if agency.observer:
-            assert r.profile is ViewProfile.SUMMARY
-    assert route(a) == d, "a decision is a pure function of its inputs"
+def test_expired_update_still_reaches_the_thread_but_no_one_new():
+    thread = original_thread()
+    late = datetime(2017, 6, 1, tzinfo=timezone.utc)
+    update = alert(msg_type="update", references=[uuid4()], addressees=["kg-moi-kyzyl-kiya"])
+    got = outcome(route(update, thread, now=late))
+    assert got["kg-moi-kyzyl-kiya"] == "expired" and got["blo-dostuk"] == "full"
+
+
+def test_dostuk_forwards_to_the_units_at_another_crossing():
+    d = decide_forward(forward(FORWARD_TO + ["tj-bs-kyzyl-art"]), original_thread(), NET, NOW)
+    assert outcome(d) == {"kg-sbs-kyzyl-kiya": "full", "kg-moi-kyzyl-kiya": "full", "kg-customs-kyzyl-kiya": "full",
+                          "tj-bs-kyzyl-art": "not_on_route"}
+    assert d.kind == "forward" and all(r.rule == "forward" for r in d.recipients)
+
+
+@pytest.mark.parametrize("changes, to, code", [
+    ({"tlp": "TLP:AMBER"}, "kg-moi-kyzyl-kiya", "tlp_amber"),  # another agency at another post
+    ({"tlp": "TLP:AMBER+STRICT"}, "kg-moi-dostuk", "already_received"),
+    ({"tlp": "TLP:AMBER+STRICT"}, "kg-moi-kyzyl-kiya", "tlp_amber_strict"),
+    ({"tlp": "TLP:RED", "addressees": ["blo-dostuk"]}, "kg-sbs-kyzyl-kiya", "tlp_red"),
+    ({"handling": ["H2"]}, "kg-sbs-kyzyl-kiya", "handling_h2"),
+    ({}, "nobody-here", "unknown_recipient"),
+])
+def test_forwarding_clauses(changes, to, code):
+    d = decide_forward(forward([to]), original_thread(alert(**changes)), NET, NOW)
+    assert outcome(d) == {to: code}
+
+
+def test_amber_forward_inside_the_own_agency_and_h2_with_permission():
+    d = decide_forward(forward(["kg-sbs-kyzyl-kiya"]), original_thread(alert(tlp="TLP:AMBER")), NET, NOW)
+    assert outcome(d) == {"kg-sbs-kyzyl-kiya": "full"}
+    d = decide_forward(forward(["kg-sbs-kyzyl-kiya"]), original_thread(alert(handling=["H2"], onward_permission=True)), NET, NOW)
+    assert outcome(d) == {"kg-sbs-kyzyl-kiya": "full"}
+
+
+def test_only_a_recipient_may_forward_and_never_wider_than_its_own_view():
+    d = decide_forward(forward(["kg-moi-kyzyl-kiya"], agency="tj-bs", unit="tj-bs-kyzyl-art"), original_thread(), NET, NOW)
+    assert outcome(d) == {"kg-moi-kyzyl-kiya": "not_a_recipient"}
+    # The UZ counterpart got a redacted view and has no onward-sharing right under the KG–UZ agreement.
+    a = alert(personal_data={"names": ["X"]})
+    d = decide_forward(forward(["uz-sbs"], agency="uz-sbs", unit="uz-sbs-dustlik"), original_thread(a), NET, NOW)
+    assert outcome(d) == {"uz-sbs-dustlik": "already_received"}
+    # An observer passing its summary on inside its own country keeps it a summary.
+    d = decide_forward(forward(["kg-sbs-kyzyl-kiya"], agency="kg-gknb-bgs", unit=None), original_thread(a), NET, NOW)
+    r = d.recipients[0]
+    assert r.profile is ViewProfile.SUMMARY and "personal_data" in r.redacted
 
 
 @pytest.mark.parametrize("field", ["category", "severity", "urgency", "certainty", "headline"])
