@@ -1,11 +1,29 @@
-"""The notifier's operator API: delivery counts and the dead-letter list."""
+"""The notifier's operator API: delivery state, dead letters, replay, recovery, endpoint switches.
+
+Every state-changing call is recorded as an `operator.action` event (topic operations.actions)
+in the same transaction as the change, with the operator's credential id.
+"""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+from uuid import UUID
 
-from services.notifier import repository
-from shared.auth import Role, require_token_role
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import AwareDatetime, BaseModel, Field
+
+from services.notifier import repository, service
+from shared.auth import Principal, Role, require_token_role
 from shared.service import Runtime
+
+Operator = Annotated[Principal, Depends(require_token_role(Role.OPERATOR))]
+
+
+class Recover(BaseModel):
+    since: AwareDatetime = Field(description="replay every delivery to the endpoint that failed at or after this time")
+
+
+class Switch(BaseModel):
+    reason: str | None = Field(None, max_length=2_000)
 
 
 def router(rt: Runtime) -> APIRouter:
@@ -18,9 +36,60 @@ def router(rt: Runtime) -> APIRouter:
             return await repository.delivery_counts(session)
 
     @api.get("/deliveries/failed")
-    async def failed() -> list[dict]:
-        """Return the newest dead-lettered deliveries."""
+    async def failed(endpoint: str | None = None, limit: int = 100) -> list[dict]:
+        """Return the newest dead-lettered deliveries with their reasons, optionally of one endpoint."""
         async with rt.sessions() as session:
-            return await repository.failed_deliveries(session)
+            return await repository.failed_deliveries(session, min(limit, 1000), endpoint)
+
+    @api.get("/deliveries/{delivery_id}")
+    async def delivery(delivery_id: UUID) -> dict:
+        """Return one delivery and every attempt made."""
+        async with rt.sessions() as session:
+            found = await repository.delivery_with_attempts(session, delivery_id)
+        if found is None:
+            raise HTTPException(404, "no such delivery")
+        return found
+
+    @api.post("/deliveries/{delivery_id}/replay", status_code=202)
+    async def replay(delivery_id: UUID, who: Operator) -> dict:
+        """Send a dead-lettered delivery again, with the same webhook-id and a fresh retry schedule."""
+        async with rt.sessions() as session:
+            row = await service.replay_delivery(session, rt.settings, delivery_id, actor=who.key_id)
+            await session.commit()
+        if row is None:
+            raise HTTPException(409, "no failed delivery with this id")
+        return {"delivery_id": str(delivery_id), "state": "pending"}
+
+    @api.post("/endpoints/{endpoint}/recover", status_code=202)
+    async def recover(endpoint: str, body: Recover, who: Operator) -> dict:
+        """Send again every delivery to the endpoint that failed since a time."""
+        async with rt.sessions() as session:
+            count = await service.recover_endpoint(session, rt.settings, endpoint, body.since, actor=who.key_id)
+            await session.commit()
+        return {"endpoint": endpoint, "replayed": count}
+
+    @api.get("/endpoints")
+    async def list_endpoints() -> list[dict]:
+        """Return every endpoint's state (enabled, why disabled, rate limit) — never secrets."""
+        async with rt.sessions() as session:
+            return await repository.list_endpoints(session)
+
+    async def switch(endpoint: str, enabled: bool, body: Switch, who: Principal) -> dict:
+        async with rt.sessions() as session:
+            found = await service.set_enabled(session, rt.settings, endpoint, enabled, actor=who.key_id, reason=body.reason)
+            await session.commit()
+        if not found:
+            raise HTTPException(404, "no such endpoint")
+        return {"endpoint": endpoint, "enabled": enabled}
+
+    @api.post("/endpoints/{endpoint}/enable")
+    async def enable(endpoint: str, who: Operator, body: Switch | None = None) -> dict:
+        """Enable an endpoint: its waiting deliveries go out again."""
+        return await switch(endpoint, True, body or Switch(), who)
+
+    @api.post("/endpoints/{endpoint}/disable")
+    async def disable(endpoint: str, who: Operator, body: Switch | None = None) -> dict:
+        """Disable an endpoint: its deliveries wait (nothing is lost) until it is enabled."""
+        return await switch(endpoint, False, body or Switch(), who)
 
     return api

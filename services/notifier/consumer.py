@@ -1,4 +1,8 @@
-"""The notifier's Kafka handler: store each delivery request durably, then wake the workers."""
+"""The notifier's Kafka handler: store each delivery request durably, then wake the workers.
+
+A request the notifier cannot honour (an endpoint it holds no secret for, a URL it may not
+post to) is stored as a dead letter with the reason, and announced, never dropped silently.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,7 +13,8 @@ from aiokafka.structs import ConsumerRecord
 
 from services.notifier import repository
 from services.notifier.delivery import Deliverer
-from shared.events import DeliveryRequested, Envelope
+from services.notifier.service import emit_status
+from shared.events import DeliveryRequested, DeliveryState, Envelope
 from shared.observability import EVENTS_HANDLED
 from shared.service import Runtime
 from shared.settings import Settings
@@ -18,12 +23,34 @@ log = logging.getLogger(__name__)
 
 
 def url_allowed(settings: Settings, url: str) -> bool:
-    """Return whether the notifier may post to `url`: https, or plain http to loopback in development."""
+    """Return whether the notifier may send to `url`: https, mailto, or plain http to loopback in development."""
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return True
+    if parts.scheme == "mailto" and "@" in parts.path and not parts.netloc:
+        return True
     loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
     return settings.allow_insecure_webhooks and loopback
+
+
+def target(req: DeliveryRequested) -> str:
+    """Return where a request goes as one URL: the webhook URL, or mailto: for the e-mail channel."""
+    if req.channel == "email":
+        return f"mailto:{req.email or ''}"
+    return req.url or ""
+
+
+def refusal(settings: Settings, req: DeliveryRequested, known: set[str]) -> str | None:
+    """Return why a delivery request cannot be sent at all, or None if it can."""
+    if req.endpoint not in known:
+        return f"unknown endpoint {req.endpoint}: the notifier holds no secret for it (blonet endpoints sync)"
+    if req.channel not in ("webhook", "email"):
+        return f"unknown channel {req.channel!r}"
+    if req.format not in ("json", "cap"):
+        return f"unknown format {req.format!r}"
+    if not url_allowed(settings, target(req)):
+        return f"refused address {target(req)!r}: https only (plain http to loopback in development), or mailto"
+    return None
 
 
 class DeliveryIntake:
@@ -31,22 +58,25 @@ class DeliveryIntake:
         self.rt, self.deliverer = runtime, deliverer
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        rows = []
-        for record in records:
-            env = Envelope.from_bytes(record.value)
-            req = env.payload_as(DeliveryRequested)
-            refused = not url_allowed(self.rt.settings, req.url)
-            if refused:  # kept as a dead letter, visible to operators, rather than dropped
-                log.error("refusing insecure endpoint URL", extra={"endpoint": req.endpoint, "url": req.url})
-            rows.append({
-                "state": "failed" if refused else "pending",
-                "delivery_id": req.delivery_id, "request_event_id": env.event_id, "alert_id": env.alert_id,
-                "thread_id": env.thread_id, "endpoint": req.endpoint, "agency": req.agency, "url": req.url,
-                "body": req.body, "traceparent": env.traceparent,
-            })
-            EVENTS_HANDLED.labels("notifier", env.type).inc()
+        envs = [Envelope.from_bytes(record.value) for record in records]
+        reqs = [env.payload_as(DeliveryRequested) for env in envs]
         async with self.rt.sessions() as session:
-            await repository.ensure_endpoints(session, {r["endpoint"] for r in rows})
-            await repository.add_deliveries(session, rows)
+            known = await repository.known_endpoints(session, {r.endpoint for r in reqs})
+            rows = []
+            for env, req in zip(envs, reqs):
+                reason = refusal(self.rt.settings, req, known)
+                if reason:
+                    log.error("dead-lettering delivery request", extra={"endpoint": req.endpoint, "reason": reason})
+                rows.append({
+                    "state": "failed" if reason else "pending", "reason": reason,
+                    "delivery_id": req.delivery_id, "request_event_id": env.event_id, "alert_id": env.alert_id,
+                    "thread_id": env.thread_id, "endpoint": req.endpoint, "agency": req.agency, "url": target(req),
+                    "body": req.body, "traceparent": env.traceparent, "format": req.format[:8], "language": req.language,
+                })
+                EVENTS_HANDLED.labels("notifier", env.type).inc()
+            new = await repository.add_deliveries(session, rows)
+            for row in rows:
+                if row["reason"] and row["delivery_id"] in new:
+                    await emit_status(session, self.rt.settings, row=row, state=DeliveryState.FAILED, attempt=0, error=row["reason"])
             await session.commit()
         self.deliverer.wake.set()

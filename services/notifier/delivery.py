@@ -1,25 +1,27 @@
-"""Deliver stored deliveries: sign per Standard Webhooks, POST, record, schedule retries.
+"""Deliver stored deliveries: sign per Standard Webhooks, send, record, schedule retries.
 
 Workers claim due rows with SKIP LOCKED leases, so several notifier instances share the work,
 a crash loses nothing (the lease expires and another worker retries with the same webhook-id),
 and one endpoint's deliveries run in order while a slow endpoint never holds up the others.
+Each endpoint has a circuit breaker and a rate limit (per instance, in memory): an endpoint
+whose circuit is open or whose tokens are spent is simply not claimed, so it costs no worker.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
-import orjson
 from standardwebhooks.webhooks import Webhook
 
-from services.notifier import repository
-from services.notifier.retry import next_delay, parse_retry_after
-from shared import topics
-from shared.events import DeliveryState, DeliveryStatus, Envelope
-from shared.ids import derived_id
+from services.notifier import channels, repository
+from services.notifier.breaker import Bucket, Circuit, bucket_take, bucket_wait, circuit_after, circuit_allows, circuit_blocked
+from services.notifier.retry import Outcome, judge
+from services.notifier.service import SYSTEM_ACTOR, emit_status, record_action
+from shared.events import DeliveryState, Envelope
 from shared.kafka import send
 from shared.observability import log_context
 from shared.service import Runtime
@@ -27,117 +29,158 @@ from shared.service import Runtime
 log = logging.getLogger(__name__)
 MAX_ENDPOINTS_IN_FLIGHT = 64
 BATCH = 100
+STATES = {"delivered": DeliveryState.DELIVERED, "pending": DeliveryState.RETRYING, "failed": DeliveryState.FAILED}
 
 
-def signed_headers(secret: str, webhook_id: str, body: str, now: datetime) -> dict[str, str]:
-    """Return the Standard Webhooks headers for one message."""
+def signed_headers(
+    secret: str | Sequence[str], webhook_id: str, body: str, now: datetime, content_type: str = "application/json",
+) -> dict[str, str]:
+    """Return the Standard Webhooks headers for one message, signed with every current secret."""
+    keys = [secret] if isinstance(secret, str) else list(secret)
     return {
-        "content-type": "application/json",
+        "content-type": content_type,
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Webhook(secret).sign(webhook_id, now, body),
+        "webhook-signature": " ".join(Webhook(k).sign(webhook_id, now, body) for k in keys),
     }
 
 
+def lease_for(timeout_seconds: float) -> timedelta:
+    """Return how long a claim holds a delivery: past one attempt's timeout, so only a dead worker loses it."""
+    return timedelta(seconds=timeout_seconds * 2 + 5)
+
+
 class Deliverer:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, clock: Callable[[], float] = time.monotonic) -> None:
         self.rt = runtime
+        self.clock = clock
         self.wake = asyncio.Event()
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        self.circuits: dict[str, Circuit] = {}
+        self.buckets: dict[str, Bucket] = {}
+        self.rates: dict[str, float] = {}
         self.http: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
         """Claim due deliveries until the service stops; wakes at once when new ones are stored."""
         timeout = aiohttp.ClientTimeout(total=self.rt.settings.webhook_timeout_seconds)
-        async with aiohttp.ClientSession(timeout=timeout) as self.http:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as self.http:
             while not self.rt.stopping.is_set():
                 if len(self._busy) < MAX_ENDPOINTS_IN_FLIGHT:
                     claimed = await self._claim()
-                    for endpoint, rows in claimed.items():
+                    for endpoint, (rows, state) in claimed.items():
                         self._busy.add(endpoint)
-                        task = asyncio.create_task(self._deliver_all(endpoint, rows))
+                        task = asyncio.create_task(self._deliver_all(endpoint, rows, state))
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)
                     if claimed:
                         continue
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), timeout=0.5)  # retries fall due by time
+                    await asyncio.wait_for(self.wake.wait(), timeout=0.2)  # retries fall due by time
                 except asyncio.TimeoutError:
                     pass
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=10)
 
-    async def _claim(self) -> dict[str, list[dict]]:
-        lease = timedelta(seconds=self.rt.settings.webhook_timeout_seconds * 3 + 30)
+    def _held_back(self) -> list[str]:
+        """Return endpoints not to claim now: in flight here, circuit open, or out of tokens."""
+        now, s = self.clock(), self.rt.settings
+        held = set(self._busy)
+        held |= {e for e, c in self.circuits.items() if circuit_blocked(c, now, s.circuit_cooldown_seconds)}
+        held |= {e for e, b in self.buckets.items() if bucket_wait(b, now, self._rate(e), s.endpoint_burst) > 0}
+        return sorted(held)
+
+    def _rate(self, endpoint: str) -> float:
+        return self.rates.get(endpoint) or self.rt.settings.endpoint_rate_per_second
+
+    async def _claim(self) -> dict[str, tuple[list[dict], dict]]:
         async with self.rt.sessions() as session:
-            rows = await repository.claim_due(session, limit=BATCH, lease=lease, busy_endpoints=sorted(self._busy))
-            found = await repository.secrets_by_endpoint(session, sorted({r["endpoint"] for r in rows}))
+            rows = await repository.claim_due(
+                session, limit=BATCH, lease=lease_for(self.rt.settings.webhook_timeout_seconds),
+                busy_endpoints=self._held_back(),
+            )
+            found = await repository.signing_state(session, sorted({r["endpoint"] for r in rows}))
             await session.commit()
-        by_endpoint: dict[str, list[dict]] = {}
+        by_endpoint: dict[str, tuple[list[dict], dict]] = {}
         for row in rows:
-            by_endpoint.setdefault(row["endpoint"], []).append({**row, "secret": found.get(row["endpoint"])})
+            state = found.get(row["endpoint"], {"secrets": [], "rate": None})
+            if state["rate"]:
+                self.rates[row["endpoint"]] = state["rate"]
+            by_endpoint.setdefault(row["endpoint"], ([], state))[0].append(row)
         return by_endpoint
 
-    async def _deliver_all(self, endpoint: str, rows: list[dict]) -> None:
+    def _may_attempt(self, endpoint: str) -> bool:
+        """Take the circuit's and the rate limiter's permission for one attempt."""
+        now, s = self.clock(), self.rt.settings
+        allowed, circuit = circuit_allows(self.circuits.get(endpoint, Circuit()), now, s.circuit_cooldown_seconds)
+        if not allowed:
+            return False
+        took, self.buckets[endpoint] = bucket_take(self.buckets.get(endpoint), now, self._rate(endpoint), s.endpoint_burst)
+        if took:
+            self.circuits[endpoint] = circuit
+        return took
+
+    async def _deliver_all(self, endpoint: str, rows: list[dict], state: dict) -> None:
+        done = 0
         try:
             for row in rows:
-                await self._attempt(row)
+                if not self._may_attempt(endpoint):
+                    break
+                await self._attempt(row, state["secrets"])
+                done += 1
+            if done < len(rows):  # circuit opened or rate limit reached: hand the rest back untouched
+                async with self.rt.sessions() as session:
+                    await repository.release(session, [r["delivery_id"] for r in rows[done:]])
+                    await session.commit()
         except Exception:
             log.exception("delivery worker failed; the lease will expire and the delivery be retried")
         finally:
             self._busy.discard(endpoint)
             self.wake.set()
 
-    async def _attempt(self, row: dict) -> None:
-        log_context.set({"alert_id": str(row["alert_id"]), "delivery_id": str(row["delivery_id"])})
-        attempt = row["attempts"] + 1
-        body = orjson.dumps(row["body"]).decode()
-        started = datetime.now(timezone.utc)
-        headers = signed_headers(row["secret"], str(row["delivery_id"]), body, started)
+    async def _send(self, row: dict, secrets: list[str], started: datetime) -> tuple[Outcome, str | None]:
+        body, content_type = channels.render_body(row, self.rt.settings.node_id)
+        headers = signed_headers(secrets, str(row["delivery_id"]), body, started, content_type)
         if row["traceparent"]:
             headers["traceparent"] = row["traceparent"]
-        status, error, excerpt, retry_after = None, None, None, None
+        if row["url"].startswith("mailto:"):
+            return await channels.send_email(self.rt.settings, row, body, headers), None
+        return await channels.post_webhook(self.http, row["url"], body, headers)
+
+    async def _attempt(self, row: dict, secrets: list[str]) -> None:
+        log_context.set({"alert_id": str(row["alert_id"]), "delivery_id": str(row["delivery_id"])})
+        attempt = row["attempts"] + 1
+        started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
-        try:
-            async with self.http.post(row["url"], data=body.encode(), headers=headers) as response:
-                status = response.status
-                excerpt = (await response.content.read(512)).decode("utf-8", "replace")
-                retry_after = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        outcome, excerpt = await self._send(row, secrets, started)
         latency_ms = (time.perf_counter() - t0) * 1000
-        ok = status is not None and 200 <= status < 300
-        due_at, delay = None, None
-        if ok:
-            state, event_state = "delivered", DeliveryState.DELIVERED
-        else:
-            delay = None if status == 410 else (retry_after or next_delay(attempt, self.rt.settings.retry_schedule_seconds))
-            if delay is None:
-                state, event_state = "failed", DeliveryState.FAILED  # dead letter
-            else:
-                state, event_state, due_at = "pending", DeliveryState.RETRYING, started + timedelta(seconds=delay)
-        event = DeliveryStatus(
-            delivery_id=row["delivery_id"], endpoint=row["endpoint"], agency=row["agency"], state=event_state,
-            attempt=attempt, http_status=status, error=error or (None if ok else f"HTTP {status}"),
-            latency_ms=round(latency_ms, 2), next_attempt_at=due_at,
+        verdict = judge(outcome, attempt_in_schedule=attempt - row["schedule_start"],
+                        schedule=self.rt.settings.retry_schedule_seconds, now=started)
+        self.circuits[row["endpoint"]] = circuit_after(
+            self.circuits.get(row["endpoint"], Circuit()), verdict.state == "delivered", self.clock(),
+            self.rt.settings.circuit_failure_threshold,
         )
-        env = Envelope.wrap(
-            event, origin_node=self.rt.settings.node_id, alert_id=row["alert_id"], thread_id=row["thread_id"],
-            event_id=derived_id(row["delivery_id"], "attempt", attempt), traceparent=row["traceparent"],
-        )
-        env.causation_id = row["request_event_id"]
         async with self.rt.sessions() as session:
             await repository.record_attempt(
                 session, delivery_id=row["delivery_id"], attempt=attempt, started_at=started, latency_ms=latency_ms,
-                http_status=status, error=error, excerpt=excerpt, state=state, due_at=due_at,
+                http_status=outcome.status, error=outcome.error, excerpt=excerpt, state=verdict.state,
+                due_at=verdict.due_at, reason=verdict.reason,
             )
-            await repository.add_outbox(
-                session, topic=self.rt.settings.topic(topics.DELIVERIES_STATUS.name), key=str(row["thread_id"]), value=env.to_bytes()
+            await emit_status(
+                session, self.rt.settings, row=row, state=STATES[verdict.state], attempt=attempt,
+                http_status=outcome.status, error=verdict.reason, latency_ms=round(latency_ms, 2),
+                next_attempt_at=verdict.due_at,
             )
+            if verdict.disable_endpoint:
+                await repository.set_endpoint_enabled(session, row["endpoint"], False, verdict.reason)
+                await record_action(session, self.rt.settings, action="endpoint.disable", target=row["endpoint"],
+                                    actor=SYSTEM_ACTOR, reason=verdict.reason, alert_id=row["alert_id"])
             await session.commit()
-        log.info("delivery attempt", extra={"endpoint": row["endpoint"], "attempt": attempt, "state": state, "http_status": status})
+        log.info("delivery attempt", extra={"endpoint": row["endpoint"], "attempt": attempt, "state": verdict.state,
+                                            "http_status": outcome.status, "reason": verdict.reason})
         await publish_outbox(self.rt)
 
 
@@ -145,23 +188,20 @@ _publish_lock = asyncio.Lock()
 
 
 async def publish_outbox(rt: Runtime) -> None:
-    """Publish stored status events, then mark them; a crash in between re-publishes (same event ids)."""
+    """Publish stored events, then mark them; a crash in between re-publishes (same event ids)."""
     async with _publish_lock:
         async with rt.sessions() as session:
             rows = await repository.claim_outbox(session)
             if not rows:
                 return
-            futures = []
-            for row in rows:
-                env = Envelope.from_bytes(row["value"])
-                futures.append(await send(rt.producer, row["topic"], row["key"], env))
+            futures = [await send(rt.producer, row["topic"], row["key"], Envelope.from_bytes(row["value"])) for row in rows]
             await asyncio.gather(*futures)
             await repository.mark_published(session, [r["id"] for r in rows])
             await session.commit()
 
 
 async def outbox_sweeper(rt: Runtime) -> None:
-    """Publish anything an earlier crash or Kafka outage left in the outbox."""
+    """Publish anything an earlier crash, a Kafka outage or the CLI left in the outbox."""
     while not rt.stopping.is_set():
         try:
             await publish_outbox(rt)

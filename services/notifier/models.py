@@ -11,6 +11,10 @@ endpoints = Table(
     Column("secret", Text, nullable=False, comment="whsec_…; never leaves the notifier but via `blonet endpoints`"),
     Column("enabled", Boolean, nullable=False, server_default="true"),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("previous_secret", Text, comment="the secret before the last rotation; also signs until previous_until"),
+    Column("previous_until", DateTime(timezone=True)),
+    Column("disabled_reason", Text),
+    Column("rate_per_second", Float, comment="None: the notifier's default"),
 )
 
 deliveries = Table(
@@ -30,7 +34,13 @@ deliveries = Table(
     Column("leased_until", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
+    Column("reason", Text, comment="why the last attempt failed, or why the delivery was dead-lettered"),
+    Column("schedule_start", Integer, nullable=False, server_default="0",
+           comment="attempts made before the last replay: the retry schedule restarts there"),
+    Column("format", String(8), nullable=False, server_default="json", comment="json or cap"),
+    Column("language", String(16), comment="the endpoint's preferred language"),
     Index("deliveries_due", "due_at", postgresql_where="state = 'pending'"),
+    Index("deliveries_failed", "endpoint", "finished_at", postgresql_where="state = 'failed'"),
 )
 
 attempts = Table(

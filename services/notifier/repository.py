@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,10 +30,12 @@ async def ensure_endpoints(session: AsyncSession, ids: set[str]) -> None:
         ).on_conflict_do_nothing())
 
 
-async def rotate_secret(session: AsyncSession, endpoint: str) -> str:
-    secret = new_secret()
-    await session.execute(insert(endpoints).values(endpoint=endpoint, secret=secret, created_at=_now()).on_conflict_do_update(
-        index_elements=[endpoints.c.endpoint], set_={"secret": secret},
+async def rotate_secret(session: AsyncSession, endpoint: str, overlap: timedelta = timedelta(0)) -> str:
+    """Replace an endpoint's secret; the old one keeps signing beside it for `overlap`."""
+    secret, now = new_secret(), _now()
+    await session.execute(insert(endpoints).values(endpoint=endpoint, secret=secret, created_at=now).on_conflict_do_update(
+        index_elements=[endpoints.c.endpoint],
+        set_={"secret": secret, "previous_secret": endpoints.c.secret, "previous_until": now + overlap},
     ))
     return secret
 
@@ -45,24 +47,73 @@ async def secrets_by_endpoint(session: AsyncSession, ids: Sequence[str] | None =
     return {row.endpoint: row.secret for row in await session.execute(query)}
 
 
-async def add_deliveries(session: AsyncSession, rows: list[dict]) -> None:
-    """Store delivery requests once each (the delivery id absorbs redelivered requests)."""
-    if rows:
-        now = _now()
-        await session.execute(insert(deliveries).values(
-            [{**r, "due_at": now, "created_at": now} for r in rows]
-        ).on_conflict_do_nothing())
-
-
-async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta, busy_endpoints: Sequence[str]) -> list[dict]:
-    """Lease due deliveries for this worker; rows leased elsewhere are skipped, not waited for."""
+async def signing_state(session: AsyncSession, ids: Sequence[str]) -> dict[str, dict]:
+    """Return, per endpoint, the secrets that sign now (newest first) and its rate limit."""
     now = _now()
+    rows = await session.execute(
+        select(endpoints.c.endpoint, endpoints.c.secret, endpoints.c.previous_secret, endpoints.c.previous_until,
+               endpoints.c.rate_per_second).where(endpoints.c.endpoint.in_(ids))
+    )
+    found = {}
+    for r in rows:
+        keys = [r.secret] + ([r.previous_secret] if r.previous_secret and r.previous_until and r.previous_until > now else [])
+        found[r.endpoint] = {"secrets": keys, "rate": r.rate_per_second}
+    return found
+
+
+async def known_endpoints(session: AsyncSession, ids: set[str]) -> set[str]:
+    """Return which of `ids` the notifier has a secret for (the others are unknown)."""
+    if not ids:
+        return set()
+    return set((await session.execute(select(endpoints.c.endpoint).where(endpoints.c.endpoint.in_(ids)))).scalars())
+
+
+async def set_endpoint_enabled(session: AsyncSession, endpoint: str, enabled: bool, reason: str | None = None) -> bool:
+    """Enable or disable an endpoint; return whether it exists."""
+    result = await session.execute(update(endpoints).where(endpoints.c.endpoint == endpoint).values(
+        enabled=enabled, disabled_reason=None if enabled else reason,
+    ))
+    return result.rowcount > 0
+
+
+async def set_endpoint_rate(session: AsyncSession, endpoint: str, rate: float | None) -> bool:
+    result = await session.execute(update(endpoints).where(endpoints.c.endpoint == endpoint).values(rate_per_second=rate))
+    return result.rowcount > 0
+
+
+async def list_endpoints(session: AsyncSession) -> list[dict]:
+    """Return every endpoint's state — never its secrets."""
+    rows = await session.execute(select(
+        endpoints.c.endpoint, endpoints.c.enabled, endpoints.c.disabled_reason, endpoints.c.rate_per_second,
+        endpoints.c.created_at, endpoints.c.previous_until,
+    ).order_by(endpoints.c.endpoint))
+    return [dict(r) for r in rows.mappings()]
+
+
+async def add_deliveries(session: AsyncSession, rows: list[dict]) -> set[UUID]:
+    """Store delivery requests once each (the delivery id absorbs redelivered requests); return the new ids."""
+    if not rows:
+        return set()
+    now = _now()
+    result = await session.execute(insert(deliveries).values(
+        [{**r, "due_at": now, "created_at": now, "finished_at": now if r["state"] == "failed" else None} for r in rows]
+    ).on_conflict_do_nothing().returning(deliveries.c.delivery_id))
+    return set(result.scalars())
+
+
+async def claim_due(
+    session: AsyncSession, *, limit: int, lease: timedelta, busy_endpoints: Sequence[str], now: datetime | None = None,
+) -> list[dict]:
+    """Lease due deliveries of enabled endpoints for this worker; rows leased elsewhere are skipped, not waited for."""
+    now = now or _now()
+    enabled = select(endpoints.c.endpoint).where(endpoints.c.enabled)
     due = (
         select(deliveries.c.delivery_id)
         .where(
             deliveries.c.state == "pending", deliveries.c.due_at <= now,
             or_(deliveries.c.leased_until.is_(None), deliveries.c.leased_until < now),
             deliveries.c.endpoint.not_in(busy_endpoints) if busy_endpoints else text("true"),
+            deliveries.c.endpoint.in_(enabled),
         )
         .order_by(deliveries.c.due_at).limit(limit).with_for_update(skip_locked=True)
     )
@@ -70,12 +121,19 @@ async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta, busy
         update(deliveries).where(deliveries.c.delivery_id.in_(due.scalar_subquery()))
         .values(leased_until=now + lease).returning(deliveries)
     )
-    return [dict(r) for r in rows.mappings()]
+    return sorted((dict(r) for r in rows.mappings()), key=lambda r: (r["due_at"], r["created_at"]))
+
+
+async def release(session: AsyncSession, delivery_ids: Sequence[UUID]) -> None:
+    """Give leased deliveries back untouched (circuit open or rate limit reached)."""
+    if delivery_ids:
+        await session.execute(update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids)).values(leased_until=None))
 
 
 async def record_attempt(
     session: AsyncSession, *, delivery_id: UUID, attempt: int, started_at: datetime, latency_ms: float,
     http_status: int | None, error: str | None, excerpt: str | None, state: str, due_at: datetime | None,
+    reason: str | None = None,
 ) -> None:
     await session.execute(attempts.insert().values(
         delivery_id=delivery_id, attempt=attempt, started_at=started_at, latency_ms=latency_ms,
@@ -83,9 +141,33 @@ async def record_attempt(
     ))
     finished = state != "pending"
     await session.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(
-        attempts=attempt, state=state, leased_until=None,
+        attempts=attempt, state=state, leased_until=None, reason=reason,
         due_at=due_at if due_at else deliveries.c.due_at, finished_at=_now() if finished else None,
     ))
+
+
+def _restart(now: datetime) -> dict:
+    return {"state": "pending", "due_at": now, "leased_until": None, "finished_at": None,
+            "schedule_start": deliveries.c.attempts, "reason": None}
+
+
+async def replay(session: AsyncSession, delivery_id: UUID) -> dict | None:
+    """Put a failed delivery back in line (same webhook-id, a fresh retry schedule); return it, or None."""
+    rows = await session.execute(
+        update(deliveries).where(deliveries.c.delivery_id == delivery_id, deliveries.c.state == "failed")
+        .values(**_restart(_now())).returning(deliveries.c.delivery_id, deliveries.c.endpoint, deliveries.c.alert_id)
+    )
+    row = rows.mappings().first()
+    return dict(row) if row else None
+
+
+async def recover(session: AsyncSession, endpoint: str, since: datetime) -> int:
+    """Put every delivery to `endpoint` that failed since `since` back in line; return how many."""
+    result = await session.execute(
+        update(deliveries).where(deliveries.c.endpoint == endpoint, deliveries.c.state == "failed",
+                                 deliveries.c.finished_at >= since).values(**_restart(_now()))
+    )
+    return result.rowcount
 
 
 async def add_outbox(session: AsyncSession, *, topic: str, key: str, value: bytes) -> None:
@@ -108,9 +190,35 @@ async def delivery_counts(session: AsyncSession) -> dict[str, int]:
     return {r.state: r.n for r in rows}
 
 
-async def failed_deliveries(session: AsyncSession, limit: int = 100) -> list[dict]:
-    rows = await session.execute(
-        select(deliveries.c.delivery_id, deliveries.c.alert_id, deliveries.c.endpoint, deliveries.c.attempts, deliveries.c.finished_at)
+async def failed_deliveries(session: AsyncSession, limit: int = 100, endpoint: str | None = None) -> list[dict]:
+    """Return the newest dead-lettered deliveries, with why each was given up on."""
+    query = (
+        select(deliveries.c.delivery_id, deliveries.c.alert_id, deliveries.c.endpoint, deliveries.c.attempts,
+               deliveries.c.finished_at, deliveries.c.reason)
         .where(and_(deliveries.c.state == "failed")).order_by(deliveries.c.finished_at.desc()).limit(limit)
     )
+    if endpoint:
+        query = query.where(deliveries.c.endpoint == endpoint)
+    rows = await session.execute(query)
     return [dict(r) for r in rows.mappings()]
+
+
+async def delivery_with_attempts(session: AsyncSession, delivery_id: UUID) -> dict | None:
+    """Return one delivery's state and every attempt made (status, latency, response excerpt)."""
+    row = (await session.execute(
+        select(deliveries.c.delivery_id, deliveries.c.alert_id, deliveries.c.endpoint, deliveries.c.state,
+               deliveries.c.attempts, deliveries.c.due_at, deliveries.c.reason, deliveries.c.finished_at)
+        .where(deliveries.c.delivery_id == delivery_id)
+    )).mappings().first()
+    if row is None:
+        return None
+    tries = await session.execute(
+        select(attempts.c.attempt, attempts.c.started_at, attempts.c.latency_ms, attempts.c.http_status,
+               attempts.c.error, attempts.c.response_excerpt).where(attempts.c.delivery_id == delivery_id)
+        .order_by(attempts.c.attempt)
+    )
+    return {**row, "attempt_log": [dict(t) for t in tries.mappings()]}
+
+
+async def count_pending(session: AsyncSession, endpoint: str) -> int:
+    return await session.scalar(select(func.count()).where(deliveries.c.endpoint == endpoint, deliveries.c.state == "pending"))

@@ -44,3 +44,18 @@ def test_only_https_or_loopback_http_in_development():
     assert not url_allowed(dev, "http://localhost@attacker.example/hook")
     assert not url_allowed(dev, "ftp://127.0.0.1/x") and not url_allowed(dev, "https:///nohost")
     assert not url_allowed(prod, "http://127.0.0.1:8100/inbox/x")
+
+
+def test_during_a_rotation_both_secrets_sign_and_each_verifies():
+    old, new = new_secret(), new_secret()
+    body = '{"a": 1}'
+    headers = signed_headers([new, old], "msg_3", body, datetime.now(timezone.utc))
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(old).verify(body, headers) == {"a": 1}, "a receiver still on the old secret"
+    assert Webhook(new).verify(body, headers) == {"a": 1}, "a receiver already on the new secret"
+
+
+def test_mailto_endpoints_are_allowed_only_with_an_address():
+    dev = Settings()
+    assert url_allowed(dev, "mailto:duty@border.example")
+    assert not url_allowed(dev, "mailto:nobody") and not url_allowed(dev, "mailto://host/x")

@@ -1,0 +1,97 @@
+"""The two ways a delivery leaves BLOnet: a signed webhook POST, or an e-mail.
+
+Each returns an `Outcome` (and for webhooks a response excerpt); nothing here decides retries.
+"""
+from __future__ import annotations
+
+import asyncio
+from email.message import EmailMessage
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import aiosmtplib
+import orjson
+
+from services.notifier.retry import RETRY_AFTER_STATUSES, Outcome, parse_retry_after
+from shared.cap import MEDIA_TYPE as CAP_MEDIA_TYPE
+from shared.cap import render_cap
+from shared.settings import Settings
+
+EXCERPT_BYTES = 512
+TEXT_FIELDS = ("headline", "description", "instruction")
+
+
+def localised(view: dict, language: str | None) -> dict:
+    """Return the view with the alert's text in `language` when the alert has that translation."""
+    alert = view.get("alert")
+    if not language or not isinstance(alert, dict) or alert.get("language") == language:
+        return view
+    found = next((t for t in alert.get("translations") or [] if t.get("language") == language), None)
+    if found is None:
+        return view
+    own = {k: alert.get(k) for k in ("language", *TEXT_FIELDS)}
+    others = [t for t in alert["translations"] if t is not found] + [own]
+    return {**view, "alert": {**alert, **{k: v for k, v in found.items() if v is not None}, "translations": others}}
+
+
+def render_body(row: dict, node_id: str) -> tuple[str, str]:
+    """Return (body, content type) of a delivery in the endpoint's format; the same on every retry."""
+    view = localised(row["body"], row.get("language"))
+    if row.get("format") == "cap" and isinstance(view.get("alert"), dict):
+        xml = render_cap(view, sender=node_id, identifier=f"urn:uuid:{row['alert_id']}", sent=row["created_at"],
+                         language=row.get("language"))
+        return xml.decode(), CAP_MEDIA_TYPE
+    return orjson.dumps(view).decode(), "application/json"
+
+
+async def post_webhook(http: aiohttp.ClientSession, url: str, body: str, headers: dict[str, str]) -> tuple[Outcome, str | None]:
+    """POST one signed webhook; redirects are not followed (a 3xx is a failure, as the spec asks)."""
+    try:
+        async with http.post(url, data=body.encode(), headers=headers, allow_redirects=False) as response:
+            excerpt = (await response.content.read(EXCERPT_BYTES)).decode("utf-8", "replace")
+            retry_after = parse_retry_after(response.headers.get("Retry-After")) if response.status in RETRY_AFTER_STATUSES else None
+            return Outcome(response.status, retry_after=retry_after, location=response.headers.get("Location")), excerpt
+    except asyncio.TimeoutError:
+        return Outcome(None, error="timeout: no complete answer within the per-attempt limit"), None
+    except (aiohttp.ClientError, OSError, ValueError) as exc:  # refused, unreachable, garbage instead of HTTP
+        return Outcome(None, error=f"{type(exc).__name__}: {exc}"[:500]), None
+
+
+def readable(view: dict) -> str:
+    """Return the alert as plain text for a person reading the e-mail."""
+    alert = view.get("alert") if isinstance(view.get("alert"), dict) else view
+    lines = [str(alert.get(k)) for k in TEXT_FIELDS if alert.get(k)]
+    lines += [f"{k}: {alert[k]}" for k in ("category", "severity", "urgency", "tlp") if alert.get(k)]
+    return "\n\n".join(lines + ["The signed alert is attached; acknowledge it through BLOnet."])
+
+
+def email_address(url: str) -> str:
+    """Return the address of a `mailto:` endpoint URL."""
+    return unquote(urlsplit(url).path)
+
+
+async def send_email(settings: Settings, row: dict, body: str, headers: dict[str, str]) -> Outcome:
+    """Send the alert as an e-mail; the webhook headers ride along so a mail gateway can verify them."""
+    message = EmailMessage()
+    message["From"] = settings.smtp_sender
+    message["To"] = email_address(row["url"])
+    message["Subject"] = f"BLOnet alert: {_headline(row['body'])}"
+    message["Message-ID"] = f"<{row['delivery_id']}@{settings.node_id}>"  # stable across retries, like webhook-id
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        message[f"X-{name}"] = headers[name]
+    message.set_content(readable(localised(row["body"], row.get("language"))))
+    subtype = "xml" if headers["content-type"] == CAP_MEDIA_TYPE else "json"
+    message.add_attachment(body.encode(), maintype="application", subtype=subtype, filename=f"alert.{subtype}")
+    try:
+        await aiosmtplib.send(message, hostname=settings.smtp_host, port=settings.smtp_port,
+                              start_tls=settings.smtp_starttls, timeout=settings.webhook_timeout_seconds)
+        return Outcome(250)
+    except aiosmtplib.SMTPResponseException as exc:
+        return Outcome(None, error=f"SMTP {exc.code}: {exc.message}"[:500])
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        return Outcome(None, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _headline(view: dict) -> str:
+    alert = view.get("alert") if isinstance(view.get("alert"), dict) else view
+    return str(alert.get("headline") or alert.get("category") or "new alert")[:150]

@@ -1,0 +1,88 @@
+"""The notifier's business acts: status and dead-letter events, and operators' audited actions.
+
+Every act writes its state change and its events (to the outbox) in one transaction, so an
+action is never done without its audit record, nor recorded without being done. The caller commits.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.notifier import repository
+from shared import topics
+from shared.events import DeliveryState, DeliveryStatus, Envelope, OperatorAction
+from shared.ids import derived_id, new_id
+from shared.settings import Settings
+
+SYSTEM_ACTOR = "notifier"
+
+
+async def emit_status(
+    session: AsyncSession, settings: Settings, *, row: dict, state: DeliveryState, attempt: int,
+    http_status: int | None = None, error: str | None = None, latency_ms: float | None = None,
+    next_attempt_at: datetime | None = None,
+) -> None:
+    """Queue a delivery's status event, and for a failure its dead letter too."""
+    event = DeliveryStatus(
+        delivery_id=row["delivery_id"], endpoint=row["endpoint"], agency=row["agency"], state=state, attempt=attempt,
+        http_status=http_status, error=error, latency_ms=latency_ms, next_attempt_at=next_attempt_at,
+    )
+    for topic, key, tag in ((topics.DELIVERIES_STATUS, str(row["thread_id"]), "attempt"),
+                            (topics.DELIVERIES_DEADLETTER, row["endpoint"], "deadletter")):
+        if tag == "deadletter" and state is not DeliveryState.FAILED:
+            continue
+        env = Envelope.wrap(
+            event, origin_node=settings.node_id, alert_id=row["alert_id"], thread_id=row["thread_id"],
+            event_id=derived_id(row["delivery_id"], tag, attempt), traceparent=row.get("traceparent"),
+        )
+        env.causation_id = row["request_event_id"]
+        await repository.add_outbox(session, topic=settings.topic(topic.name), key=key, value=env.to_bytes())
+
+
+async def record_action(
+    session: AsyncSession, settings: Settings, *, action: str, target: str, actor: str,
+    reason: str | None = None, detail: dict | None = None, alert_id: UUID | None = None,
+) -> None:
+    """Queue the audit event of an act on delivery state."""
+    payload = OperatorAction(action=action, target=target, actor=actor, reason=reason, detail=detail or {})
+    env = Envelope.wrap(payload, origin_node=settings.node_id, alert_id=alert_id, thread_id=None, event_id=new_id())
+    await repository.add_outbox(session, topic=settings.topic(topics.OPERATIONS_ACTIONS.name), key=target, value=env.to_bytes())
+
+
+async def replay_delivery(session: AsyncSession, settings: Settings, delivery_id: UUID, *, actor: str) -> dict | None:
+    """Send a dead-lettered delivery again with the same webhook-id; None if it is not failed."""
+    row = await repository.replay(session, delivery_id)
+    if row:
+        await record_action(session, settings, action="delivery.replay", target=str(delivery_id), actor=actor,
+                            detail={"endpoint": row["endpoint"]}, alert_id=row["alert_id"])
+    return row
+
+
+async def recover_endpoint(session: AsyncSession, settings: Settings, endpoint: str, since: datetime, *, actor: str) -> int:
+    """Send again every delivery to `endpoint` that failed since `since`; return how many."""
+    count = await repository.recover(session, endpoint, since)
+    await record_action(session, settings, action="endpoint.recover", target=endpoint, actor=actor,
+                        detail={"since": since.isoformat(), "replayed": count})
+    return count
+
+
+async def set_enabled(
+    session: AsyncSession, settings: Settings, endpoint: str, enabled: bool, *, actor: str, reason: str | None = None,
+) -> bool:
+    """Enable or disable an endpoint (disabled: its deliveries wait); False if it is unknown."""
+    found = await repository.set_endpoint_enabled(session, endpoint, enabled, reason)
+    if found:
+        await record_action(session, settings, action="endpoint.enable" if enabled else "endpoint.disable",
+                            target=endpoint, actor=actor, reason=reason)
+    return found
+
+
+async def rotate_secret(session: AsyncSession, settings: Settings, endpoint: str, *, actor: str) -> str:
+    """Give an endpoint a new secret; the old one keeps signing beside it for the overlap."""
+    overlap = timedelta(seconds=settings.secret_overlap_seconds)
+    secret = await repository.rotate_secret(session, endpoint, overlap)
+    await record_action(session, settings, action="endpoint.rotate_secret", target=endpoint, actor=actor,
+                        detail={"overlap_seconds": settings.secret_overlap_seconds})
+    return secret
