@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 from pathlib import Path
 
@@ -12,8 +11,6 @@ from rich.table import Table
 
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
-from services.notifier import service as notifier_service
-from services.routing.cli import rules as routing_rules
 from shared import db, topics
 from shared.auth import Role, hash_api_key, new_api_key
 from shared.settings import get_settings
@@ -23,7 +20,6 @@ keys = typer.Typer(help="API keys: issued and revoked here, in one place.", no_a
 endpoints = typer.Typer(help="Webhook endpoint secrets, owned by the notifier.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 app.add_typer(endpoints, name="endpoints")
-app.add_typer(routing_rules, name="rules")
 console = Console()
 
 
@@ -59,29 +55,46 @@ def keys_create(
     agency: str = typer.Option(..., help="agency id from the network directory"),
     role: list[Role] = typer.Option(..., help="submit, receive, operator or auditor (repeatable)"),
     label: str = typer.Option("", help="who or what uses the key"),
+    post: list[str] = typer.Option([], help="limit submitting to this post of the agency (repeatable)"),
 ) -> None:
     """Issue a key; it is printed once and only its hash is stored."""
     key_id, key = new_api_key()
     asyncio.run(_with_session("gateway", lambda s: gateway_repo.add_key(
-        s, key_id=key_id, agency=agency, roles=role, key_hash=hash_api_key(key), label=label)))
-    console.print(f"key {key_id} for {agency} ({', '.join(role)}):")
+        s, key_id=key_id, agency=agency, roles=role, key_hash=hash_api_key(key), label=label, posts=post)))
+    console.print(f"key {key_id} for {agency} ({', '.join(role)}){' at ' + ', '.join(post) if post else ''}:")
     print(key)
 
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys (ids, agencies, roles, state) — never the secrets."""
+    """List keys (ids, agencies, roles, posts, state) — never the secrets."""
     rows = asyncio.run(_with_session("gateway", gateway_repo.list_keys))
-    table = Table("key id", "agency", "roles", "label", "created", "revoked")
+    table = Table("key id", "agency", "roles", "posts", "label", "created", "revoked")
     for r in rows:
-        table.add_row(r["key_id"], r["agency"], ",".join(r["roles"]), r["label"], f"{r['created_at']:%Y-%m-%d %H:%M}",
-                      f"{r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "")
+        revoked = f"{r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else ""
+        if r.get("replaced_by"):
+            revoked += f" (rotated to {r['replaced_by']})"
+        table.add_row(r["key_id"], r["agency"], ",".join(r["roles"]), ",".join(r.get("posts") or []) or "any", r["label"],
+                      f"{r['created_at']:%Y-%m-%d %H:%M}", revoked)
     console.print(table)
+
+
+@keys.command("rotate")
+def keys_rotate(key_id: str) -> None:
+    """Issue a new key with the same agency, roles and posts, and revoke the old one at once."""
+    from services.gateway.service import rotate_key
+
+    found = asyncio.run(_with_session("gateway", lambda s: rotate_key(s, key_id)))
+    if found is None:
+        console.print(f"no active key {key_id}")
+        raise typer.Exit(1)
+    console.print(f"key {key_id} revoked; its replacement is {found[0]}:")
+    print(found[1])
 
 
 @keys.command("revoke")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key at once."""
+    """Revoke a key at once (the gateway checks every request against the table)."""
     if not asyncio.run(_with_session("gateway", lambda s: gateway_repo.revoke_key(s, key_id))):
         console.print(f"no active key {key_id}")
         raise typer.Exit(1)
@@ -91,9 +104,9 @@ def keys_revoke(key_id: str) -> None:
 @endpoints.command("sync")
 def endpoints_sync() -> None:
     """Give every endpoint of the network directory a signing secret if it has none."""
-    from services.routing.network import load_network
+    from services.routing.directory import load_network
 
-    directory = load_network(get_settings().network_dir).directory
+    directory, _, _ = load_network(get_settings().network_dir)
     ids = {e.id for e in directory.endpoints}
     asyncio.run(_with_session("notifier", lambda s: notifier_repo.ensure_endpoints(s, ids)))
     console.print(f"{len(ids)} endpoints have signing secrets")
@@ -101,57 +114,8 @@ def endpoints_sync() -> None:
 
 @endpoints.command("rotate")
 def endpoints_rotate(endpoint: str) -> None:
-    """Replace an endpoint's signing secret and print the new one; the old one also signs during the overlap."""
-    settings = get_settings()
-    print(asyncio.run(_with_session("notifier", lambda s: notifier_service.rotate_secret(
-        s, settings, endpoint, actor=_cli_actor()))))
-    console.print(f"both secrets sign for {settings.secret_overlap_seconds:.0f} s", style="dim")
-
-
-def _cli_actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
-def _switch(endpoint: str, enabled: bool, reason: str | None) -> None:
-    settings = get_settings()
-    found = asyncio.run(_with_session("notifier", lambda s: notifier_service.set_enabled(
-        s, settings, endpoint, enabled, actor=_cli_actor(), reason=reason)))
-    if not found:
-        console.print(f"no endpoint {endpoint}")
-        raise typer.Exit(1)
-    console.print(f"endpoint {endpoint} {'enabled' if enabled else 'disabled'}")
-
-
-@endpoints.command("enable")
-def endpoints_enable(endpoint: str, reason: str = typer.Option(None)) -> None:
-    """Enable an endpoint: its waiting deliveries go out again (audited)."""
-    _switch(endpoint, True, reason)
-
-
-@endpoints.command("disable")
-def endpoints_disable(endpoint: str, reason: str = typer.Option(None)) -> None:
-    """Disable an endpoint: its deliveries wait until it is enabled (audited)."""
-    _switch(endpoint, False, reason)
-
-
-@endpoints.command("limit")
-def endpoints_limit(endpoint: str, per_second: float = typer.Option(None, help="omit for the notifier's default")) -> None:
-    """Set an endpoint's rate limit (deliveries per second per notifier instance)."""
-    if not asyncio.run(_with_session("notifier", lambda s: notifier_repo.set_endpoint_rate(s, endpoint, per_second))):
-        console.print(f"no endpoint {endpoint}")
-        raise typer.Exit(1)
-
-
-@endpoints.command("list")
-def endpoints_list() -> None:
-    """List endpoints and their state — never the secrets."""
-    rows = asyncio.run(_with_session("notifier", notifier_repo.list_endpoints))
-    table = Table("endpoint", "enabled", "why disabled", "rate/s", "rotation overlap until")
-    for r in rows:
-        table.add_row(r["endpoint"], "yes" if r["enabled"] else "no", r["disabled_reason"] or "",
-                      f"{r['rate_per_second']:g}" if r["rate_per_second"] else "default",
-                      f"{r['previous_until']:%Y-%m-%d %H:%M}" if r["previous_until"] else "")
-    console.print(table)
+    """Replace an endpoint's signing secret and print the new one."""
+    print(asyncio.run(_with_session("notifier", lambda s: notifier_repo.rotate_secret(s, endpoint))))
 
 
 @endpoints.command("export-secrets")

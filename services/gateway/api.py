@@ -1,140 +1,186 @@
-"""The gateway's HTTP API: submit alerts, read their status, exchange a key for a token."""
+"""The gateway's HTTP API: thin routes over `service.py` (submit, read, follow, acknowledge, forward)."""
 
-import asyncio
-import logging
-import re
-import secrets
-from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
-from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Depends, Header, HTTPException, status
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.gateway import repository
-from shared import topics
-from shared.alerts import Alert
-from shared.auth import Principal, Role, hash_api_key, issue_token, split_api_key, unauthorized
-from shared.events import AlertSubmitted, Envelope
-from shared.ids import new_id
-from shared.kafka import send
+from services.gateway import repository, service
+from services.gateway.limits import RateLimiter
+from services.gateway.schemas import (
+    AckAccepted, AckRequest, Accepted, AlertPage, AlertStatus, ForwardAccepted, ForwardRequest, Problem, Token,
+)
+from services.gateway.service import ApiError, Caller
+from shared.alerts import Category, MsgType, Severity, Status
+from shared.auth import hash_api_key, issue_token, split_api_key
+from shared.cap import MEDIA_TYPE as CAP
 from shared.observability import log_context
 from shared.service import Runtime
 
-log = logging.getLogger(__name__)
-_TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-_bearer = HTTPBearer(auto_error=False)
+_bearer = HTTPBearer(auto_error=False, description="an API key from `blonet keys create`")
+_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+          415: "unsupported_media_type", 429: "rate_limited", 503: "unavailable"}
 
 
-class Accepted(BaseModel):
-    id: UUID
-    status_url: str
+def _problems(*codes: int) -> dict:
+    return {code: {"model": Problem} for code in codes}
 
 
-class Token(BaseModel):
-    access_token: str
-    token_type: str = "Bearer"
-    expires_in: int
+def install_errors(app: FastAPI) -> None:
+    """Answer every error with the one Problem shape (code, detail, errors)."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        body = {"code": exc.code, "detail": exc.detail, **({"errors": exc.errors} if exc.errors else {})}
+        return JSONResponse(jsonable_encoder(body), exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"code": _CODES.get(exc.status_code, "error"), "detail": str(exc.detail)}, exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        invalid_json = any(e["type"] == "json_invalid" for e in errors)
+        return JSONResponse(jsonable_encoder({
+            "code": "json_invalid" if invalid_json else "invalid_request",
+            "detail": "the body is not valid JSON" if invalid_json else "the request does not validate", "errors": errors,
+        }), 422)
+
+
+SUBMIT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"$ref": "#/components/schemas/Alert"},
+            "examples": {"dostuk": {"summary": "The 2017 Dostuk exercise, first scenario", "value": {
+                "sender_agency": "kg-sbs", "sender_post": "bor-dobo", "category": "drugs", "severity": "severe",
+                "urgency": "future", "certainty": "likely", "effective": "2027-05-15T00:00:00+06:00",
+                "expires": "2027-05-20T23:59:59+06:00",
+                "location": {"post": "dostuk", "border_segment": "KG-UZ", "direction": {"from_country": "KG", "to_country": "UZ"}},
+                "headline": "Высокий риск наркотрафика через Достук, 15–20 мая", "language": "ru", "tlp": "TLP:AMBER",
+                "handling": ["H0"]}}},
+        },
+        CAP: {
+            "schema": {"type": "string", "format": "binary", "description": "a CAP 1.2 <alert> (see docs/api.md for the mapping)"},
+        },
+    },
+}
 
 
 def router(rt: Runtime) -> APIRouter:
     api = APIRouter(prefix="/v1")
+    limiter = RateLimiter(rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst)
 
-    async def principal(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    async def caller(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
         if creds is None:
-            raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+            raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
         if split_api_key(creds.credentials) is None:
-            raise unauthorized("malformed API key")
+            raise ApiError(401, "unauthorized", "malformed API key", headers={"WWW-Authenticate": "Bearer"})
         async with rt.sessions() as session:
             found = await repository.principal_for_key(session, hash_api_key(creds.credentials))
-        if found is None:
-            raise unauthorized("unknown or revoked API key")
-        return found
+        if found is None:  # looked up on every request: a revoked key stops working at once
+            raise ApiError(401, "unauthorized", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        wait = limiter.take(found[0].key_id)
+        if wait:
+            raise ApiError(429, "rate_limited", "too many requests for this key; slow down",
+                           headers={"Retry-After": RateLimiter.retry_after(wait)})
+        return Caller(*found)
 
-    Caller = Annotated[Principal, Depends(principal)]
+    Who = Annotated[Caller, Depends(caller)]
+    IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+                                                  description="makes retries safe: same key + same body → the original answer")]
+    Traceparent = Annotated[str | None, Header(description="W3C trace context, carried on the events")]
 
-    @api.post("/alerts", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
-    async def submit_alert(
-        alert: Alert, caller: Caller, traceparent: Annotated[str | None, Header()] = None
-    ) -> Accepted:
-        """Accept an alert; answer only once Kafka holds it durably (acks=all)."""
-        if Role.SUBMIT not in caller.roles:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "this key may not submit alerts (needs role submit)")
-        if alert.sender_agency != caller.agency:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, f"a key of {caller.agency} cannot submit in the name of {alert.sender_agency}"
-            )
-        alert_id = new_id()
-        thread_id = alert_id
-        if alert.references:
-            async with rt.sessions() as session:
-                thread_id = await repository.thread_of(session, alert.references[0])
-            if thread_id is None:
-                raise HTTPException(422, f"references: unknown alert {alert.references[0]}")
-        log_context.set({"alert_id": str(alert_id)})
-        if not traceparent or not _TRACEPARENT.match(traceparent):
-            traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-        received_at = datetime.now(timezone.utc)
-        env = Envelope.wrap(
-            AlertSubmitted(alert=alert, submitted_by=caller.key_id), origin_node=rt.settings.node_id,
-            alert_id=alert_id, thread_id=thread_id, occurred_at=received_at, traceparent=traceparent,
-        )
-        async def produce() -> None:
-            ack = await send(rt.producer, rt.settings.topic(topics.ALERTS_SUBMITTED.name), str(thread_id), env)
-            await ack
+    def answer(result: tuple[int, dict]) -> JSONResponse:
+        code, body = result
+        return JSONResponse(body, code)
 
-        try:
-            # The producer itself fails a record at the accept deadline (then it is certain not to
-            # land later); the outer guard only bounds a request if the client never answers.
-            await asyncio.wait_for(produce(), timeout=rt.settings.accept_timeout_seconds + 2)
-        except (KafkaError, asyncio.TimeoutError) as exc:
-            log.error("alert not accepted: Kafka unavailable", extra={"error": repr(exc), "guard": isinstance(exc, asyncio.TimeoutError)})
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                "Kafka did not confirm the alert in time, so it is not accepted; retry later",
-                headers={"Retry-After": "5"},
-            ) from None
-        # The status consumer records it too; doing it now lets an immediate GET find it.
-        try:
-            async with rt.sessions() as session:
-                await repository.record_alert(
-                    session, alert_id=alert_id, thread_id=thread_id, sender_agency=alert.sender_agency,
-                    submitted_by=caller.key_id, received_at=received_at, alert=alert.model_dump(mode="json"),
-                )
-                await session.commit()
-        except Exception:
-            log.warning("status row deferred to the consumer", exc_info=True)
-        log.info("alert accepted")
-        return Accepted(id=alert_id, status_url=f"{rt.settings.public_base_url}/v1/alerts/{alert_id}")
+    @api.post(
+        "/alerts", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, openapi_extra={"requestBody": SUBMIT_BODY},
+        responses=_problems(401, 403, 409, 413, 415, 422, 429, 503),
+    )
+    async def submit_alert(request: Request, who: Who, idempotency_key: IdempotencyKey = None, traceparent: Traceparent = None):
+        """Submit an alert as BLOnet JSON or CAP 1.2 XML; 202 only once Kafka holds it durably (acks=all)."""
+        sub = service.decode_submission(await request.body(), request.headers.get("content-type"))
+        result = await service.submit(rt, who, sub, idempotency_key=idempotency_key, traceparent=traceparent)
+        log_context.set({"alert_id": result[1].get("id")})
+        return answer(result)
 
-    @api.get("/alerts/{alert_id}")
-    async def alert_status(alert_id: UUID, caller: Caller) -> dict:
-        """Return the sender's view of an alert: who it was routed to, who was denied, delivery state."""
-        async with rt.sessions() as session:
-            found = await repository.alert_status(session, alert_id)
-        allowed = found and (found["alert"]["sender_agency"] == caller.agency or caller.roles & {Role.OPERATOR, Role.AUDITOR})
-        if not allowed:  # the same answer for "absent" and "not yours": no probing of other agencies' ids
-            raise HTTPException(404, f"no alert {alert_id} visible to {caller.agency}")
-        row, routing = found["alert"], found["alert"]["routing"]
-        return {
-            "id": row["alert_id"], "thread_id": row["thread_id"], "sender_agency": row["sender_agency"],
-            "headline": row["alert"]["headline"], "received_at": row["received_at"],
-            "status": "routed" if routing else "accepted",
-            "ruleset_hash": routing and routing["ruleset_hash"],
-            "recipients": [
-                {k: r[k] for k in ("agency", "unit", "endpoint", "profile", "rule", "reason", "state", "attempts", "http_status", "error", "updated_at")}
-                for r in found["recipients"]
-            ],
-            "denied": routing["denied"] if routing else [],
-        }
+    @api.get("/alerts", response_model=AlertPage, responses=_problems(401, 422, 429))
+    async def list_alerts(
+        who: Who,
+        box: Annotated[Literal["all", "sent", "received"], Query(description="alerts your agency sent, received, or both")] = "all",
+        category: Category | None = None, severity: Severity | None = None, msg_type: MsgType | None = None,
+        alert_status: Annotated[Status | None, Query(alias="status", description="CAP status, e.g. exercise")] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+    ) -> AlertPage:
+        """List the alerts your agency sent or received, newest first, with cursor pagination."""
+        after = service.decode_cursor(cursor)
+        filters = {k: v.value for k, v in (("category", category), ("severity", severity), ("msg_type", msg_type),
+                                             ("status", alert_status)) if v is not None}
+        return await service.list_alerts(rt, who, box=box, filters=filters, after=after, limit=limit)
 
-    @api.post("/auth/token", response_model=Token)
-    async def exchange_token(caller: Caller) -> Token:
+    @api.get(
+        "/alerts/{alert_id}", response_model=AlertStatus, responses={
+            **_problems(401, 404, 409, 429),
+            200: {"content": {"application/json": {}, CAP: {"schema": {"type": "string"}}},
+                  "description": "the status (JSON), or the alert as CAP 1.2 with ?format=cap"}},
+    )
+    async def alert_status(
+        alert_id: UUID, who: Who,
+        format: Annotated[Literal["json", "cap"], Query(description="json: status view; cap: the alert as CAP 1.2")] = "json",
+        original: Annotated[bool, Query(description="with format=cap: the sender's CAP original, signature intact")] = False,
+        language: Annotated[str | None, Query(pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="with format=cap: one language only")] = None,
+    ):
+        """Return the alert's progress as this caller may see it (senders: every recipient and denial)."""
+        found = await service.visible_or_404(rt, who, alert_id)
+        if format == "cap":
+            return Response(service.cap_document(found, original=original, language=language), media_type=CAP)
+        return Response(service.dumps(await service.status_view(rt, found)), media_type="application/json")
+
+    @api.get(
+        "/alerts/{alert_id}/events", responses={**_problems(401, 404, 429), 200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "`event: status` with the status view as data, each time it changes"}},
+    )
+    async def alert_events(
+        alert_id: UUID, who: Who,
+        until_seconds: Annotated[float, Query(gt=0, le=3600, description="close the stream after this long")] = 600,
+    ) -> StreamingResponse:
+        """Follow an alert as Server-Sent Events: a `status` event each time its status view changes."""
+        found = await service.visible_or_404(rt, who, alert_id)
+        return StreamingResponse(service.follow(rt, who, found, until_seconds), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @api.post("/alerts/{alert_id}/ack", status_code=202, response_model=AckAccepted,
+              responses=_problems(401, 403, 404, 409, 422, 429, 503))
+    async def acknowledge(alert_id: UUID, body: AckRequest, who: Who, idempotency_key: IdempotencyKey = None,
+                          traceparent: Traceparent = None):
+        """Acknowledge an alert your agency received: received, acting or not_relevant, with a comment."""
+        return answer(await service.acknowledge(
+            rt, who, alert_id, status=body.status, comment=body.comment, unit=body.unit,
+            raw=body.model_dump_json().encode(), idempotency_key=idempotency_key, traceparent=traceparent))
+
+    @api.post("/alerts/{alert_id}/forward", status_code=202, response_model=ForwardAccepted,
+              responses=_problems(401, 403, 404, 409, 422, 429, 503))
+    async def forward(alert_id: UUID, body: ForwardRequest, who: Who, idempotency_key: IdempotencyKey = None,
+                      traceparent: Traceparent = None):
+        """Pass an alert your agency received on to named units or agencies; routing applies the original's limits."""
+        return answer(await service.forward(
+            rt, who, alert_id, to=body.to, comment=body.comment, unit=body.unit,
+            raw=body.model_dump_json().encode(), idempotency_key=idempotency_key, traceparent=traceparent))
+
+    @api.post("/auth/token", response_model=Token, responses=_problems(401, 429))
+    async def exchange_token(who: Who) -> Token:
         """Exchange an API key for a short-lived token that the other services verify."""
-        return Token(access_token=issue_token(rt.settings, caller), expires_in=rt.settings.token_ttl_seconds)
+        return Token(access_token=issue_token(rt.settings, who.principal), expires_in=rt.settings.token_ttl_seconds)
 
     return api
-
-

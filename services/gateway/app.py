@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
-from services.gateway.api import router
-from services.gateway.consumer import StatusView
-from shared import topics
+from services.gateway.api import install_errors, router
+from services.gateway.consumer import TOPICS, StatusView
+from services.gateway.limits import BodyLimit
+from shared.alerts import Alert
 from shared.auth import ensure_signing_key
 from shared.service import Runtime
 from shared.settings import Settings, get_settings
+
+DESCRIPTION = """Agency systems submit alerts (BLOnet JSON or OASIS CAP 1.2), follow them, and acknowledge
+or forward the alerts they receive. Every error is a `Problem` (`code`, `detail`, `errors`).
+See docs/api.md for the CAP mapping, the authorization matrix and curl examples."""
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
@@ -17,8 +23,22 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt = Runtime("gateway", settings.gateway_port, settings)
     # Kafka itself gives up on a record at the accept deadline: a 503 is never followed by the alert landing.
     rt.producer_timeout_ms = int(settings.accept_timeout_seconds * 1000)
-    status_topics = [topics.ALERTS_SUBMITTED.name, topics.ALERTS_ROUTED.name, topics.DELIVERIES_STATUS.name]
-    rt.consume("gateway-status", status_topics, StatusView(rt))
-    app = rt.app()
+    rt.consume("gateway-status", TOPICS, StatusView(rt))
+    app = rt.app(description=DESCRIPTION, version="1.0.0")
     app.include_router(router(rt))
+    install_errors(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app)
     return rt, app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, plus the Alert model the submit route reads by content type itself."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        alert = Alert.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(alert.pop("$defs", {}))
+        components["Alert"] = alert
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,4 +1,4 @@
-"""The gateway's status view, fed by the submitted, routed and delivery-status topics."""
+"""The gateway's status view, fed by the submitted, routed, delivery and acknowledgement topics."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,9 +6,15 @@ from collections.abc import Sequence
 from aiokafka.structs import ConsumerRecord
 
 from services.gateway import repository
-from shared.events import AlertRouted, AlertSubmitted, DeliveryStatus, Envelope, EventType
+from shared import topics
+from shared.events import (
+    AlertAcknowledged, AlertForwarded, AlertRouted, AlertSubmitted, DeliveryRequested, DeliveryStatus, Envelope, EventType,
+)
 from shared.observability import EVENTS_HANDLED
 from shared.service import Runtime
+
+TOPICS = [topics.ALERTS_SUBMITTED.name, topics.ALERTS_ROUTED.name, topics.DELIVERIES_REQUESTED.name,
+          topics.DELIVERIES_STATUS.name, topics.ALERTS_ACKNOWLEDGED.name]
 
 
 class StatusView:
@@ -27,7 +33,13 @@ class StatusView:
                     )
                 elif env.type is EventType.ALERT_ROUTED:
                     await repository.record_routing(session, env.alert_id, env.payload_as(AlertRouted))
+                elif env.type is EventType.DELIVERY_REQUESTED:
+                    await repository.record_view(session, env.alert_id, env.payload_as(DeliveryRequested))
                 elif env.type is EventType.DELIVERY_STATUS:
                     await repository.record_delivery(session, env.alert_id, env.payload_as(DeliveryStatus))
+                elif env.type is EventType.ALERT_ACKNOWLEDGED:
+                    await repository.record_ack(session, env.alert_id, env.payload_as(AlertAcknowledged), env.occurred_at)
+                elif env.type is EventType.ALERT_FORWARDED:
+                    await repository.record_forward(session, env.alert_id, env.payload_as(AlertForwarded), env.occurred_at)
                 EVENTS_HANDLED.labels("gateway", env.type).inc()
             await session.commit()

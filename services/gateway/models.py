@@ -1,5 +1,5 @@
-"""The gateway's tables (schema `gateway`): credentials and the per-alert status view."""
-from sqlalchemy import ARRAY, Column, DateTime, Integer, MetaData, String, Table, Text, Uuid
+"""The gateway's tables (schema `gateway`): credentials, idempotency keys and the per-alert status view."""
+from sqlalchemy import ARRAY, Column, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -13,6 +13,8 @@ api_keys = Table(
     Column("label", Text, nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("posts", ARRAY(String(64)), comment="submit only for these posts; NULL: any post of the agency"),
+    Column("replaced_by", String(32), comment="the key that replaced this one on rotation"),
 )
 
 alerts = Table(
@@ -24,6 +26,8 @@ alerts = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("alert", JSONB, nullable=False),
     Column("routing", JSONB, comment="ruleset hash and denials, once routed"),
+    Column("cap", JSONB, comment="CAP origin: sender, identifier, sent, signed"),
+    Column("cap_original", LargeBinary, comment="the CAP document exactly as received (signatures intact)"),
 )
 
 recipients = Table(
@@ -40,4 +44,32 @@ recipients = Table(
     Column("http_status", Integer),
     Column("error", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("view", JSONB, comment="the view routing shaped for this recipient"),
+    Column("ack_status", String(16)),
+    Column("ack_comment", Text),
+    Column("acked_at", DateTime(timezone=True)),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys", metadata,
+    Column("agency", String(64), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False, comment="SHA-256 of method, path and body"),
+    Column("alert_id", Uuid, nullable=False),
+    Column("state", String(16), nullable=False, comment="in_flight, done or failed"),
+    Column("status_code", Integer),
+    Column("response", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+forwards = Table(
+    "forwards", metadata,
+    Column("forward_id", Uuid, primary_key=True),
+    Column("alert_id", Uuid, nullable=False, index=True),
+    Column("agency", String(64), nullable=False),
+    Column("unit", String(64)),
+    Column("to", ARRAY(String(64)), nullable=False),
+    Column("comment", Text),
+    Column("forwarded_at", DateTime(timezone=True), nullable=False),
 )

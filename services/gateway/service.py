@@ -1,0 +1,476 @@
+"""The gateway's service layer: who may do what, and what an accepted request produces.
+
+Routes call these functions; every SQL statement is in `repository.py`; the CAP mapping is the
+pure `shared.cap`. A refused request raises `ApiError` before anything is written anywhere.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from uuid import UUID
+
+import orjson
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from services.gateway import repository
+from shared import topics
+from shared.alerts import Alert, MsgType
+from shared.auth import Principal, Role
+from shared.cap import CapError, CapMessage, format_time, keyed_uuid7, parse_cap, render_cap
+from shared.events import AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, Envelope, Payload
+from shared.ids import derived_id, new_id
+from shared.kafka import send
+from shared.service import Runtime
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+CAP_TYPES = ("application/cap+xml", "application/xml", "text/xml")
+RETRY_AFTER = "5"
+
+
+class ApiError(Exception):
+    """A refused request: HTTP status, machine-readable code and a sentence for people."""
+
+    def __init__(self, status: int, code: str, detail: str, *, headers: dict | None = None, errors: list | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers, self.errors = status, code, detail, headers, errors
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: Principal
+    posts: frozenset[str] | None  # None: the key may submit for any post of its agency
+
+    @property
+    def agency(self) -> str:
+        return self.principal.agency
+
+    @property
+    def key_id(self) -> str:
+        return self.principal.key_id
+
+    def has(self, *roles: Role) -> bool:
+        return bool(self.principal.roles & set(roles))
+
+
+@dataclass(frozen=True)
+class Submission:
+    alert: Alert
+    raw: bytes
+    cap: CapMessage | None = None
+
+
+# --- decoding and checking (pure) -------------------------------------------------------------
+
+def decode_submission(body: bytes, content_type: str | None) -> Submission:
+    """Decode a request body as BLOnet JSON or CAP 1.2 XML, by its declared content type."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media == JSON:
+        try:
+            return Submission(alert=Alert.model_validate_json(body), raw=body)
+        except ValidationError as exc:
+            invalid = any(e["type"] == "json_invalid" for e in exc.errors())
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
+            raise ApiError(422, "json_invalid" if invalid else "invalid_alert",
+                           "the body is not valid JSON" if invalid else "the alert does not validate", errors=errors) from None
+    if media in CAP_TYPES:
+        try:
+            message = parse_cap(body)
+        except CapError as exc:
+            raise ApiError(422, exc.code, str(exc)) from None
+        if message.identifier.startswith("urn:uuid:"):
+            raise ApiError(422, "cap_mapping", "identifiers of the form urn:uuid: are BLOnet's own; choose another identifier")
+        return Submission(alert=message.alert, raw=body, cap=message)
+    raise ApiError(415, "unsupported_media_type",
+                   f"send the alert as {JSON} or application/cap+xml, not {media or 'an undeclared type'}")
+
+
+def check_submission(sub: Submission, caller: Caller, *, now: datetime, reject_expired: bool) -> None:
+    """Refuse what the caller may not submit, or an alert that is already over."""
+    alert = sub.alert
+    if not caller.has(Role.SUBMIT):
+        raise ApiError(403, "forbidden", "this key may not submit alerts (needs role submit)")
+    if alert.sender_agency != caller.agency:
+        raise ApiError(403, "wrong_sender", f"a key of {caller.agency} cannot submit in the name of {alert.sender_agency}")
+    if caller.posts is not None and alert.sender_post not in caller.posts:
+        raise ApiError(403, "wrong_post", f"this key submits only for posts {', '.join(sorted(caller.posts))}")
+    if reject_expired and alert.expires and alert.expires <= now:
+        raise ApiError(422, "expired", f"the alert expired at {alert.expires.isoformat()}; nothing to send")
+
+
+def request_hash(method: str, path: str, body: bytes) -> str:
+    return hashlib.sha256(f"{method} {path}\n".encode() + body).hexdigest()
+
+
+# --- visibility ---------------------------------------------------------------------------------
+
+@dataclass
+class Visible:
+    row: dict
+    relation: str  # sender, recipient or oversight (operators and auditors)
+    mine: list[dict]  # the caller agency's recipient rows (for a recipient)
+
+
+async def visible(session, caller: Caller, alert_id: UUID) -> Visible | None:
+    """Return the alert if the caller's agency sent it, received it, or oversees; else None."""
+    row = await repository.get_alert(session, alert_id)
+    if row is None:
+        return None
+    if row["sender_agency"] == caller.agency and caller.has(Role.SUBMIT):
+        return Visible(row, "sender", [])
+    if caller.has(Role.RECEIVE):
+        mine = await repository.recipients_of(session, alert_id, caller.agency)
+        if mine:
+            return Visible(row, "recipient", mine)
+    if caller.has(Role.OPERATOR, Role.AUDITOR):
+        return Visible(row, "oversight", [])
+    return None
+
+
+def not_visible(alert_id: UUID, caller: Caller) -> ApiError:
+    # The same answer for "absent" and "not yours": no probing of other agencies' ids.
+    return ApiError(404, "not_found", f"no alert {alert_id} visible to {caller.agency}")
+
+
+async def visible_or_404(rt: Runtime, caller: Caller, alert_id: UUID) -> Visible:
+    async with rt.sessions() as session:
+        found = await visible(session, caller, alert_id)
+    if found is None:
+        raise not_visible(alert_id, caller)
+    return found
+
+
+async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | None:
+    """Return the thread an update/cancel belongs to, refusing references the caller never saw."""
+    if not alert.references:
+        return None
+    threads = []
+    async with rt.sessions() as session:
+        for ref in alert.references:
+            seen = await visible(session, caller, ref)
+            if seen is None:
+                raise ApiError(422, "unknown_reference", f"references: unknown alert {ref}")
+            if alert.msg_type is not MsgType.ALERT and seen.row["sender_agency"] != caller.agency:
+                raise ApiError(403, "not_sender", f"only {seen.row['sender_agency']} may update or cancel alert {ref}")
+            threads.append(seen.row["thread_id"])
+    return threads[0]
+
+
+# --- idempotent production ----------------------------------------------------------------------
+
+Action = Callable[[UUID], Awaitable[tuple[int, dict]]]
+
+
+async def idempotent(rt: Runtime, caller: Caller, key: str | None, fingerprint: str, mint: Callable[[], UUID], action: Action) -> tuple[int, dict]:
+    """Run `action(id)` once per (agency, key): replay its answer, refuse a changed body or a twin in flight.
+
+    The key is reserved (committed) before anything is produced, with the id the action will
+    use; a retry after a crash or a 503 re-uses that id, so downstream dedupe absorbs the repeat.
+    """
+    if key is None:
+        return await action(mint())
+    if not 1 <= len(key) <= 200:
+        raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
+    stale = timedelta(seconds=rt.settings.accept_timeout_seconds * 3 + 5)
+    async with rt.sessions() as session:
+        the_id = mint()
+        if not await repository.insert_key(session, agency=caller.agency, key=key, request_hash=fingerprint, alert_id=the_id):
+            row = await repository.lock_key(session, agency=caller.agency, key=key)
+            if row["request_hash"] != fingerprint:
+                raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request")
+            if row["state"] == "done":
+                return row["status_code"], row["response"]
+            if row["state"] == "in_flight" and row["updated_at"] > datetime.now(timezone.utc) - stale:
+                raise ApiError(409, "in_flight", "a request with this Idempotency-Key is still in flight; retry shortly",
+                               headers={"Retry-After": "1"})
+            await repository.finish_key(session, agency=caller.agency, key=key, state="in_flight", status_code=None, response=None)
+            the_id = row["alert_id"]
+        await session.commit()
+    try:
+        code, body = await action(the_id)
+    except BaseException:
+        async with rt.sessions() as session:
+            await repository.finish_key(session, agency=caller.agency, key=key, state="failed", status_code=None, response=None)
+            await session.commit()
+        raise
+    async with rt.sessions() as session:
+        await repository.finish_key(session, agency=caller.agency, key=key, state="done", status_code=code, response=body)
+        await session.commit()
+    return code, body
+
+
+async def produce(rt: Runtime, topic: str, key: UUID, env: Envelope) -> None:
+    """Produce one event and wait for acks=all; a failure or the deadline means 503, nothing accepted."""
+    async def go() -> None:
+        ack = await send(rt.producer, rt.settings.topic(topic), str(key), env)
+        await ack
+
+    try:
+        # The producer itself fails a record at the accept deadline (then it is certain not to
+        # land later); the outer guard only bounds a request if the client never answers.
+        await asyncio.wait_for(go(), timeout=rt.settings.accept_timeout_seconds + 2)
+    except (KafkaError, asyncio.TimeoutError) as exc:
+        log.error("not accepted: Kafka unavailable", extra={"error": repr(exc)})
+        raise ApiError(503, "kafka_unavailable", "Kafka did not confirm the alert in time, so it is not accepted; retry later",
+                       headers={"Retry-After": RETRY_AFTER}) from None
+
+
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def traceparent_or_new(value: str | None) -> str:
+    if value and _TRACEPARENT.fullmatch(value):
+        return value
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def _wrap(rt: Runtime, payload: Payload, *, alert_id: UUID, thread_id: UUID, event_id: UUID, traceparent: str | None) -> Envelope:
+    return Envelope.wrap(payload, origin_node=rt.settings.node_id, alert_id=alert_id, thread_id=thread_id,
+                         event_id=event_id, traceparent=traceparent_or_new(traceparent))
+
+
+# --- the three acts: submit, acknowledge, forward -----------------------------------------------
+
+async def submit(rt: Runtime, caller: Caller, sub: Submission, *, idempotency_key: str | None, traceparent: str | None) -> tuple[int, dict]:
+    """Accept an alert once: answer only after Kafka holds it durably (acks=all)."""
+    now = datetime.now(timezone.utc)
+    check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts or rt.settings.environment == "production")
+    thread = await resolve_thread(rt, caller, sub.alert)
+    key = idempotency_key
+    if sub.cap is not None:
+        key = key or f"cap:{sub.cap.sender},{sub.cap.identifier},{format_time(sub.cap.sent)}"
+        mint = lambda: sub.cap.alert_id  # noqa: E731
+    elif key is not None:
+        mint = lambda: keyed_uuid7(now, "json", caller.agency, key)  # noqa: E731
+    else:
+        mint = new_id
+    cap = None if sub.cap is None else {
+        "sender": sub.cap.sender, "identifier": sub.cap.identifier, "sent": format_time(sub.cap.sent), "signed": sub.cap.signed,
+    }
+
+    async def accept(alert_id: UUID) -> tuple[int, dict]:
+        thread_id = thread or alert_id
+        env = _wrap(rt, AlertSubmitted(alert=sub.alert, submitted_by=caller.key_id), alert_id=alert_id, thread_id=thread_id,
+                    event_id=derived_id(alert_id, "submitted"), traceparent=traceparent)
+        await produce(rt, topics.ALERTS_SUBMITTED.name, thread_id, env)
+        # The status consumer records it too; doing it now lets an immediate GET find it.
+        try:
+            async with rt.sessions() as session:
+                await repository.record_alert(
+                    session, alert_id=alert_id, thread_id=thread_id, sender_agency=sub.alert.sender_agency,
+                    submitted_by=caller.key_id, received_at=env.occurred_at, alert=sub.alert.model_dump(mode="json"),
+                    cap=cap, cap_original=sub.raw if sub.cap else None,
+                )
+                await session.commit()
+        except Exception:
+            log.warning("status row deferred to the consumer", exc_info=True)
+        body = {"id": str(alert_id), "thread_id": str(thread_id), "status_url": f"{rt.settings.public_base_url}/v1/alerts/{alert_id}"}
+        if cap:
+            body["cap"] = cap
+        return 202, body
+
+    return await idempotent(rt, caller, key, request_hash("POST", "/v1/alerts", sub.raw), mint, accept)
+
+
+def _recipient_unit(found: Visible, unit: str | None, caller: Caller) -> str | None:
+    units = {r["unit"] for r in found.mine}
+    if unit is not None and unit not in units:
+        raise ApiError(422, "unknown_unit", f"{caller.agency} did not receive this alert as unit {unit}")
+    return unit
+
+
+async def _recipient(rt: Runtime, caller: Caller, alert_id: UUID, act: str) -> Visible:
+    if not caller.has(Role.RECEIVE):
+        raise ApiError(403, "forbidden", f"this key may not {act} alerts (needs role receive)")
+    found = await visible_or_404(rt, caller, alert_id)
+    if found.relation != "recipient":
+        raise ApiError(403, "not_recipient", f"only a recipient of alert {alert_id} may {act} it")
+    return found
+
+
+async def acknowledge(
+    rt: Runtime, caller: Caller, alert_id: UUID, *, status: AckStatus, comment: str | None, unit: str | None,
+    raw: bytes, idempotency_key: str | None, traceparent: str | None,
+) -> tuple[int, dict]:
+    """Record a recipient's acknowledgement as an alert.acknowledged event."""
+    found = await _recipient(rt, caller, alert_id, "acknowledge")
+    unit = _recipient_unit(found, unit, caller)
+    thread_id = found.row["thread_id"]
+
+    async def act(event_id: UUID) -> tuple[int, dict]:
+        payload = AlertAcknowledged(agency=caller.agency, unit=unit, status=status, comment=comment, acknowledged_by=caller.key_id)
+        env = _wrap(rt, payload, alert_id=alert_id, thread_id=thread_id, event_id=event_id, traceparent=traceparent)
+        await produce(rt, topics.ALERTS_ACKNOWLEDGED.name, thread_id, env)
+        async with rt.sessions() as session:
+            await repository.record_ack(session, alert_id, payload, env.occurred_at)
+            await session.commit()
+        return 202, {"alert_id": str(alert_id), "event_id": str(event_id), "status": status.value,
+                     "acknowledged_at": env.occurred_at.isoformat()}
+
+    fingerprint = request_hash("POST", f"/v1/alerts/{alert_id}/ack", raw)
+    return await idempotent(rt, caller, idempotency_key, fingerprint, new_id, act)
+
+
+async def forward(
+    rt: Runtime, caller: Caller, alert_id: UUID, *, to: list[str], comment: str | None, unit: str | None,
+    raw: bytes, idempotency_key: str | None, traceparent: str | None,
+) -> tuple[int, dict]:
+    """Pass an alert on to named units or agencies, as an alert.forwarded event routing decides on."""
+    found = await _recipient(rt, caller, alert_id, "forward")
+    unit = _recipient_unit(found, unit, caller)
+    thread_id = found.row["thread_id"]
+
+    async def act(forward_id: UUID) -> tuple[int, dict]:
+        payload = AlertForwarded(forward_id=forward_id, agency=caller.agency, unit=unit, to=to, comment=comment,
+                                 forwarded_by=caller.key_id)
+        env = _wrap(rt, payload, alert_id=alert_id, thread_id=thread_id, event_id=derived_id(forward_id, "forwarded"),
+                    traceparent=traceparent)
+        await produce(rt, topics.ALERTS_SUBMITTED.name, thread_id, env)
+        async with rt.sessions() as session:
+            await repository.record_forward(session, alert_id, payload, env.occurred_at)
+            await session.commit()
+        return 202, {"alert_id": str(alert_id), "forward_id": str(forward_id), "to": to,
+                     "status_url": f"{rt.settings.public_base_url}/v1/alerts/{alert_id}"}
+
+    fingerprint = request_hash("POST", f"/v1/alerts/{alert_id}/forward", raw)
+    return await idempotent(rt, caller, idempotency_key, fingerprint, new_id, act)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+_RECIPIENT_FIELDS = ("agency", "unit", "endpoint", "profile", "rule", "reason", "state", "attempts", "http_status", "error", "updated_at")
+
+
+def _ack(r: dict) -> dict | None:
+    return {"status": r["ack_status"], "comment": r["ack_comment"], "at": r["acked_at"]} if r.get("ack_status") else None
+
+
+def _recipient_state(r: dict) -> str:
+    return "acknowledged" if r.get("ack_status") else r["state"]
+
+
+async def status_view(rt: Runtime, found: Visible) -> dict:
+    """Return what this caller may see of the alert's progress."""
+    row = found.row
+    async with rt.sessions() as session:
+        rows = found.mine if found.relation == "recipient" else await repository.recipients_of(session, row["alert_id"])
+        fwds = await repository.forwards_of(session, row["alert_id"])
+    base = {
+        "id": row["alert_id"], "thread_id": row["thread_id"], "sender_agency": row["sender_agency"],
+        "headline": row["alert"]["headline"], "msg_type": row["alert"].get("msg_type", "alert"),
+        "received_at": row["received_at"], "status": "routed" if row["routing"] else "accepted", "relation": found.relation,
+    }
+    if found.relation == "recipient":
+        return {**base, "received": [{"unit": r["unit"], "endpoint": r["endpoint"], "profile": r["profile"], "state": _recipient_state(r),
+                              "acknowledgement": _ack(r), "view": r["view"]} for r in rows],
+                "forwards": [_forward(f) for f in fwds if f["agency"] == found.mine[0]["agency"]]}
+    routing = row["routing"]
+    return {
+        **base, "ruleset_hash": routing and routing["ruleset_hash"], "cap": row["cap"],
+        "recipients": [{**{k: r[k] for k in _RECIPIENT_FIELDS}, "state": _recipient_state(r), "delivery_state": r["state"],
+                        "acknowledgement": _ack(r)} for r in rows],
+        "denied": routing["denied"] if routing else [],
+        "forwards": [_forward(f) for f in fwds],
+    }
+
+
+def _forward(f: dict) -> dict:
+    return {"forward_id": f["forward_id"], "agency": f["agency"], "unit": f["unit"], "to": f["to"], "comment": f["comment"],
+            "forwarded_at": f["forwarded_at"]}
+
+
+def cap_document(found: Visible, *, original: bool, language: str | None) -> bytes:
+    """Render the alert as the caller may see it as CAP 1.2 (or the sender's original bytes)."""
+    row = found.row
+    if original:
+        if found.relation == "recipient" or row["cap_original"] is None:
+            raise ApiError(404, "no_original", "no CAP original to return: the alert was not submitted as CAP, or it is not yours")
+        return row["cap_original"]
+    cap = row["cap"] or {}
+    sender = cap.get("sender") or row["sender_agency"]
+    identifier = cap.get("identifier") or f"urn:uuid:{row['alert_id']}"
+    sent = datetime.fromisoformat(cap["sent"]) if cap.get("sent") else row["received_at"]
+    if found.relation == "recipient":
+        views = [r["view"] for r in found.mine if r["view"]]
+        if not views:
+            raise ApiError(409, "view_pending", "your view of this alert is not routed yet; retry shortly", headers={"Retry-After": "1"})
+        return render_cap(views[0], sender=sender, identifier=identifier, sent=sent, language=language)
+    return render_cap({"alert": row["alert"]}, sender=sender, identifier=identifier, sent=sent, language=language)
+
+
+def dumps(value: object) -> bytes:
+    return orjson.dumps(value, default=str)
+
+
+async def list_alerts(rt: Runtime, caller: Caller, *, box: str, filters: dict, after: UUID | None, limit: int) -> dict:
+    """Return one page of the alerts the caller's agency sent or received (operators/auditors: all)."""
+    oversight = caller.has(Role.OPERATOR, Role.AUDITOR)
+    async with rt.sessions() as session:
+        rows = await repository.list_alerts(session, agency=None if oversight else caller.agency, box=box, filters=filters,
+                                            after=after, limit=limit + 1)
+    items = [{
+        "id": r["alert_id"], "thread_id": r["thread_id"], "sender_agency": r["sender_agency"], "received_at": r["received_at"],
+        "relation": "sender" if r["sender_agency"] == caller.agency else "oversight" if oversight else "recipient",
+        "msg_type": r["alert"].get("msg_type", "alert"), "category": r["alert"]["category"],
+        "severity": r["alert"]["severity"], "headline": r["alert"]["headline"],
+    } for r in rows[:limit]]
+    return {"items": items, "next_cursor": encode_cursor(rows[limit - 1]["alert_id"]) if len(rows) > limit else None}
+
+
+def decode_cursor(cursor: str | None) -> UUID | None:
+    if cursor is None:
+        return None
+    try:
+        return UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_cursor", "cursor is not one this API returned") from None
+
+
+def encode_cursor(alert_id: UUID) -> str:
+    return base64.urlsafe_b64encode(alert_id.bytes).rstrip(b"=").decode()
+
+
+async def follow(rt: Runtime, caller: Caller, found: Visible, until_seconds: float, poll: float = 0.25) -> AsyncIterator[bytes]:
+    """Yield Server-Sent Events: the status view whenever it changes, until the deadline.
+
+    It reads the shared status tables, so it works whichever gateway instance consumed the events.
+    """
+    deadline = asyncio.get_running_loop().time() + until_seconds
+    last, n = None, 0
+    yield b"retry: 1000\n\n"
+    while asyncio.get_running_loop().time() < deadline:
+        async with rt.sessions() as session:
+            now = await visible(session, caller, found.row["alert_id"])
+        if now is None:  # e.g. the key was revoked meanwhile
+            return
+        current = dumps(await status_view(rt, now))
+        if current != last:
+            n += 1
+            last = current
+            yield b"id: %d\nevent: status\ndata: %s\n\n" % (n, current)
+        await asyncio.sleep(poll)
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+async def rotate_key(session, key_id: str) -> tuple[str, str] | None:
+    """Replace an active key by a new one with the same agency, roles and posts; revoke the old at once."""
+    from shared.auth import hash_api_key, new_api_key
+
+    old = await repository.get_key(session, key_id)
+    if old is None or old["revoked_at"] is not None:
+        return None
+    new_id_, key = new_api_key()
+    await repository.add_key(session, key_id=new_id_, agency=old["agency"], roles=[Role(r) for r in old["roles"]],
+                             key_hash=hash_api_key(key), label=old["label"], posts=old["posts"])
+    await repository.revoke_key(session, key_id, replaced_by=new_id_)
+    return new_id_, key
