@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from rich.table import Table
 
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
+from services.notifier import service as notifier_service
+from services.routing.cli import rules as routing_rules
 from shared import db, topics
 from shared.auth import Role, hash_api_key, new_api_key
 from shared.settings import get_settings
@@ -20,6 +23,7 @@ keys = typer.Typer(help="API keys: issued and revoked here, in one place.", no_a
 endpoints = typer.Typer(help="Webhook endpoint secrets, owned by the notifier.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 app.add_typer(endpoints, name="endpoints")
+app.add_typer(routing_rules, name="rules")
 console = Console()
 
 
@@ -104,9 +108,9 @@ def keys_revoke(key_id: str) -> None:
 @endpoints.command("sync")
 def endpoints_sync() -> None:
     """Give every endpoint of the network directory a signing secret if it has none."""
-    from services.routing.directory import load_network
+    from services.routing.network import load_network
 
-    directory, _, _ = load_network(get_settings().network_dir)
+    directory = load_network(get_settings().network_dir).directory
     ids = {e.id for e in directory.endpoints}
     asyncio.run(_with_session("notifier", lambda s: notifier_repo.ensure_endpoints(s, ids)))
     console.print(f"{len(ids)} endpoints have signing secrets")
@@ -114,8 +118,57 @@ def endpoints_sync() -> None:
 
 @endpoints.command("rotate")
 def endpoints_rotate(endpoint: str) -> None:
-    """Replace an endpoint's signing secret and print the new one."""
-    print(asyncio.run(_with_session("notifier", lambda s: notifier_repo.rotate_secret(s, endpoint))))
+    """Replace an endpoint's signing secret and print the new one; the old one also signs during the overlap."""
+    settings = get_settings()
+    print(asyncio.run(_with_session("notifier", lambda s: notifier_service.rotate_secret(
+        s, settings, endpoint, actor=_cli_actor()))))
+    console.print(f"both secrets sign for {settings.secret_overlap_seconds:.0f} s", style="dim")
+
+
+def _cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _switch(endpoint: str, enabled: bool, reason: str | None) -> None:
+    settings = get_settings()
+    found = asyncio.run(_with_session("notifier", lambda s: notifier_service.set_enabled(
+        s, settings, endpoint, enabled, actor=_cli_actor(), reason=reason)))
+    if not found:
+        console.print(f"no endpoint {endpoint}")
+        raise typer.Exit(1)
+    console.print(f"endpoint {endpoint} {'enabled' if enabled else 'disabled'}")
+
+
+@endpoints.command("enable")
+def endpoints_enable(endpoint: str, reason: str = typer.Option(None)) -> None:
+    """Enable an endpoint: its waiting deliveries go out again (audited)."""
+    _switch(endpoint, True, reason)
+
+
+@endpoints.command("disable")
+def endpoints_disable(endpoint: str, reason: str = typer.Option(None)) -> None:
+    """Disable an endpoint: its deliveries wait until it is enabled (audited)."""
+    _switch(endpoint, False, reason)
+
+
+@endpoints.command("limit")
+def endpoints_limit(endpoint: str, per_second: float = typer.Option(None, help="omit for the notifier's default")) -> None:
+    """Set an endpoint's rate limit (deliveries per second per notifier instance)."""
+    if not asyncio.run(_with_session("notifier", lambda s: notifier_repo.set_endpoint_rate(s, endpoint, per_second))):
+        console.print(f"no endpoint {endpoint}")
+        raise typer.Exit(1)
+
+
+@endpoints.command("list")
+def endpoints_list() -> None:
+    """List endpoints and their state — never the secrets."""
+    rows = asyncio.run(_with_session("notifier", notifier_repo.list_endpoints))
+    table = Table("endpoint", "enabled", "why disabled", "rate/s", "rotation overlap until")
+    for r in rows:
+        table.add_row(r["endpoint"], "yes" if r["enabled"] else "no", r["disabled_reason"] or "",
+                      f"{r['rate_per_second']:g}" if r["rate_per_second"] else "default",
+                      f"{r['previous_until']:%Y-%m-%d %H:%M}" if r["previous_until"] else "")
+    console.print(table)
 
 
 @endpoints.command("export-secrets")
