@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.audit.cli import audit as audit_cli
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
 from services.notifier import service as notifier_service
@@ -24,6 +25,7 @@ endpoints = typer.Typer(help="Webhook endpoint secrets, owned by the notifier.",
 app.add_typer(keys, name="keys")
 app.add_typer(endpoints, name="endpoints")
 app.add_typer(routing_rules, name="rules")
+app.add_typer(audit_cli, name="audit")
 console = Console()
 
 

@@ -10,19 +10,37 @@ from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from shared.settings import Settings
 
 SERVICES = ("gateway", "routing", "notifier", "audit")
 MIGRATION_LOCK = 0x426C6F6E  # advisory lock key: one migrator at a time per database
+# Schemas that belong to a separate owner role: the service's own role gets only the rights its
+# migrations grant (the audit log: INSERT and SELECT), so it cannot alter, drop or disable triggers.
+OWNER_ROLES = {"audit": "audit_owner"}
+
+
+def owner_role(service: str) -> str:
+    return OWNER_ROLES.get(service, service)
+
+
+def _password(settings: Settings, role: str) -> str:
+    if role in OWNER_ROLES.values():
+        if settings.db_owner_password:
+            return settings.db_owner_password
+        if settings.environment == "production":
+            raise RuntimeError(f"BLONET_DB_OWNER_PASSWORD is needed to act as {role}")
+    return settings.password_for(role)
 
 
 def service_url(settings: Settings, role: str) -> URL:
     return URL.create(
-        "postgresql+asyncpg", username=role, password=settings.password_for(role),
+        "postgresql+asyncpg", username=role, password=_password(settings, role),
         host=settings.pg_host, port=settings.pg_port, database=settings.pg_database,
     )
 
@@ -47,8 +65,8 @@ async def bootstrap(settings: Settings) -> None:
             exists = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": settings.pg_database})
             if not exists:
                 await conn.execute(text(f'CREATE DATABASE "{settings.pg_database}"'))
-            for role in SERVICES:
-                password = settings.password_for(role).replace("'", "''")
+            for role in (*SERVICES, *OWNER_ROLES.values()):
+                password = _password(settings, role).replace("'", "''")
                 verb = "ALTER" if await conn.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}) else "CREATE"
                 await conn.execute(text(f"{verb} ROLE {role} LOGIN PASSWORD '{password}'"))
     finally:
@@ -59,23 +77,60 @@ async def bootstrap(settings: Settings) -> None:
             await conn.execute(text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
             await conn.execute(text(f'REVOKE ALL ON DATABASE "{settings.pg_database}" FROM PUBLIC'))
             for role in SERVICES:
+                owner = owner_role(role)
                 await conn.execute(text(f'GRANT CONNECT ON DATABASE "{settings.pg_database}" TO {role}'))
-                await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {role} AUTHORIZATION {role}"))
+                await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {role} AUTHORIZATION {owner}"))
                 await conn.execute(text(f'ALTER ROLE {role} IN DATABASE "{settings.pg_database}" SET search_path = {role}'))
+                if owner != role:
+                    await _hand_schema_to_owner(conn, settings, role, owner)
     finally:
         await db.dispose()
 
 
-def _alembic_config(settings: Settings, service: str) -> Config:
+async def _hand_schema_to_owner(conn, settings: Settings, role: str, owner: str) -> None:
+    """Give a service's schema, and whatever its role created there before, to the owner role."""
+    await conn.execute(text(f'GRANT CONNECT ON DATABASE "{settings.pg_database}" TO {owner}'))
+    await conn.execute(text(f'ALTER ROLE {owner} IN DATABASE "{settings.pg_database}" SET search_path = {role}'))
+    await conn.execute(text(f"ALTER SCHEMA {role} OWNER TO {owner}"))
+    await conn.execute(text(f"REASSIGN OWNED BY {role} TO {owner}"))  # tables made before the owner existed
+    await conn.execute(text(f"GRANT USAGE ON SCHEMA {role} TO {role}"))
+
+
+def _script_config(service: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).resolve().parent.parent / "services" / service / "migrations"))
-    cfg.attributes["url"] = service_url(settings, service)
+    return cfg
+
+
+def _alembic_config(settings: Settings, service: str) -> Config:
+    cfg = _script_config(service)
+    cfg.attributes["url"] = service_url(settings, owner_role(service))
     cfg.attributes["schema"] = service
     return cfg
 
 
+async def _at_head(settings: Settings, service: str) -> bool:
+    """Return whether the service's role sees its schema at the migrations' head."""
+    heads = set(ScriptDirectory.from_config(_script_config(service)).get_heads())
+    engine = create_async_engine(service_url(settings, service))
+    try:
+        async with engine.connect() as conn:
+            current = set((await conn.execute(text(f"SELECT version_num FROM {service}.alembic_version"))).scalars())
+    except DBAPIError:  # no version table yet, or not readable before the owner's migrations grant it
+        return False
+    finally:
+        await engine.dispose()
+    return current == heads
+
+
 async def migrate(settings: Settings, service: str) -> None:
-    """Upgrade a service's schema to head (alembic runs its own loop, so in a thread)."""
+    """Upgrade a service's schema to head (alembic runs its own loop, so in a thread).
+
+    A schema with a separate owner is migrated as that owner, and only when behind: the service
+    process finds it current (`blonet setup` migrated it) and never needs the owner's password.
+    """
+    if owner_role(service) != service and await _at_head(settings, service):
+        return
     await asyncio.to_thread(command.upgrade, _alembic_config(settings, service), "head")
 
 

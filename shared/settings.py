@@ -29,12 +29,20 @@ class Settings(BaseSettings):
     pg_database: str = "blonet"
     pg_superuser: str = "postgres"  # used only by `blonet db bootstrap`
     db_password: str | None = None  # the current service role's password; dev default below
+    db_owner_password: str | None = None  # audit_owner's: only `blonet setup` (migrations) needs it
 
     token_private_key_file: Path = REPO / "var" / "keys" / "token-signing.pem"
     token_public_key_file: Path = REPO / "var" / "keys" / "token-signing.pub.pem"
     token_ttl_seconds: int = 900
 
     network_dir: Path = REPO / "deploy" / "network"
+
+    # Audit: the checkpoint signing key (`blonet audit keygen`); unset: beside the token key,
+    # generated on first start outside production. The origin names the log in its checkpoints.
+    audit_signing_key_file: Path | None = None
+    audit_origin: str | None = None  # default "<node_id>/audit"
+    checkpoint_interval_seconds: float = 10.0  # sign a checkpoint this often when the log grew; 0: on demand only
+    payload_retention_days: float = 365.0  # payloads (not entries) are erased after this long
 
     bind_host: str = "127.0.0.1"  # loopback only, except inside a container network
     gateway_port: int = 8000

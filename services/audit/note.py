@@ -179,3 +179,11 @@ def open_checkpoint(note: str, key: VerifierKey, origin: str | None = None) -> C
     if checkpoint.origin != (origin or key.name):
         raise NoteError(f"checkpoint is for origin {checkpoint.origin!r}, expected {origin or key.name!r}")
     return checkpoint
+
+
+def peek_checkpoint(note: str) -> Checkpoint:
+    """Parse a signed checkpoint WITHOUT checking its signature (to archive it, not to trust it)."""
+    split = note.rfind("\n\n")
+    if split < 0:
+        raise NoteError("malformed note: no blank line before the signatures")
+    return Checkpoint.parse(note[: split + 1])

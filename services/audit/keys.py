@@ -1,0 +1,47 @@
+"""The checkpoint signing key: where it lives, and a development key made on first start."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from services.audit.note import SignerKey
+from shared.settings import Settings
+
+
+def key_file(settings: Settings) -> Path:
+    return settings.audit_signing_key_file or settings.token_private_key_file.parent / "audit-checkpoint.key"
+
+
+def origin(settings: Settings) -> str:
+    return settings.audit_origin or f"{settings.node_id}/audit"
+
+
+def write_new_key(path: Path, name: str) -> SignerKey:
+    """Write a new signer key to `path` (mode 0600); refuse to replace an existing key."""
+    key = SignerKey.generate(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(f"{key}\n")
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)  # atomic and exclusive: two instances starting at once keep one key
+    finally:
+        tmp.unlink()
+    return key
+
+
+def load_signing_key(settings: Settings) -> SignerKey:
+    """Return the log's signing key; outside production, create it on first use."""
+    path, name = key_file(settings), origin(settings)
+    if not path.exists():
+        if settings.environment == "production":
+            raise RuntimeError(f"checkpoint signing key missing: {path} (create it with `blonet audit keygen`)")
+        try:
+            write_new_key(path, name)
+        except FileExistsError:
+            pass  # another instance made it first
+    key = SignerKey.parse(path.read_text())
+    if key.name != name:
+        raise RuntimeError(f"the signing key {path} is for {key.name!r} but the log's origin is {name!r} "
+                           "(BLONET_AUDIT_ORIGIN)")
+    return key
