@@ -1,6 +1,15 @@
 """The first scenario of the May 2017 Dostuk exercise, and what BLOnet must do with it."""
 from __future__ import annotations
 
+from datetime import date
+
+
+def _next_mid_may(today: date) -> int:
+    """The exercise's risk window is mid-May: the next one still ahead, so the demo alert is current."""
+    return today.year if (today.month, today.day) < (5, 15) else today.year + 1
+
+
+YEAR = _next_mid_may(date.today())
 SCENARIO = {
     "sender_agency": "kg-sbs",
     "sender_post": "bor-dobo",
@@ -8,8 +17,8 @@ SCENARIO = {
     "severity": "severe",
     "urgency": "future",
     "certainty": "likely",
-    "effective": "2017-05-15T00:00:00+06:00",
-    "expires": "2017-05-20T23:59:59+06:00",
+    "effective": f"{YEAR}-05-15T00:00:00+06:00",
+    "expires": f"{YEAR}-05-20T23:59:59+06:00",
     "location": {"post": "dostuk", "border_segment": "KG-UZ", "direction": {"from_country": "KG", "to_country": "UZ"}},
     "headline": "Высокий риск наркотрафика из Кыргызстана в Узбекистан через Достук, 15–20 мая",
     "description": "По оперативным данным ПКП Бор-Добо, в середине мая ожидается попытка перемещения "

@@ -15,6 +15,7 @@ from demo.inbox import Inbox, serve
 from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, SCENARIO
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
+from services.routing.cli import apply_network
 from services.routing.network import load_network
 from shared import db, topics
 from shared.auth import Role, hash_api_key, new_api_key
@@ -57,7 +58,10 @@ async def prepare(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
     keys_file.parent.mkdir(parents=True, exist_ok=True)
     keys_file.touch(mode=0o600)
     keys_file.write_text(json.dumps(keys, indent=2))
-    directory = load_network(settings.network_dir).directory
+    network = load_network(settings.network_dir)
+    if await apply_network(settings, network, by="blonet run", source="cli"):
+        console.print(f"network {settings.network_dir} activated as {network.hash}")
+    directory = network.directory
     ids = {e.id for e in directory.endpoints}
     await _session_do(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, ids))
     secrets = await _session_do(settings, "notifier", notifier_repo.secrets_by_endpoint)

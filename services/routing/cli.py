@@ -20,7 +20,7 @@ from shared import db
 from shared.alerts import Alert
 from shared.kafka import make_producer
 from shared.service import Runtime
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 rules = typer.Typer(help="Network directory and route rules: test, apply, show.", no_args_is_help=True)
 console = Console(highlight=False)
@@ -61,21 +61,21 @@ def rules_test(
 def rules_apply(network: Path = typer.Argument(..., help="a network folder or a bundle file")) -> None:
     """Validate a network version and make it the active one for every routing instance (audited)."""
     candidate = _load_or_exit(network)
-
-    async def main() -> bool:
-        settings = get_settings()
-        await db.migrate(settings, "routing")
-        rt = Runtime("routing", settings.routing_port, settings)
-        rt.producer = make_producer(settings)
-        await rt.producer.start()
-        try:
-            return await ActiveNetwork(rt).apply(candidate, by=f"cli:{getpass.getuser()}", source="cli")
-        finally:
-            await rt.producer.stop()
-            await rt.engine.dispose()
-
-    changed = asyncio.run(main())
+    changed = asyncio.run(apply_network(get_settings(), candidate, by=f"cli:{getpass.getuser()}", source="cli"))
     console.print(f"{candidate.hash} {'activated' if changed else 'was already active'}")
+
+
+async def apply_network(settings: Settings, network: Network, *, by: str, source: str) -> bool:
+    """Activate a network version from outside the routing service; running instances follow it."""
+    await db.migrate(settings, "routing")
+    rt = Runtime("routing", settings.routing_port, settings)
+    rt.producer = make_producer(settings)
+    await rt.producer.start()
+    try:
+        return await ActiveNetwork(rt).apply(network, by=by, source=source)
+    finally:
+        await rt.producer.stop()
+        await rt.engine.dispose()
 
 
 @rules.command("show")

@@ -6,7 +6,7 @@ from uuid import uuid4
 
 import pytest
 
-from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, FORWARD_TO, PRECURSORS, SCENARIO
+from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, FORWARD_TO, PRECURSORS, SCENARIO, YEAR
 from services.routing.compiled import Compiled
 from services.routing.network import load_network, network_from
 from services.routing.policy import Thread, decide, decide_forward, view
@@ -145,7 +145,7 @@ def test_update_reaches_everyone_who_received_the_original_and_cancel_only_them(
 
 def test_expired_update_still_reaches_the_thread_but_no_one_new():
     thread = original_thread()
-    late = datetime(2017, 6, 1, tzinfo=timezone.utc)
+    late = datetime(YEAR, 6, 1, tzinfo=timezone.utc)
     update = alert(msg_type="update", references=[uuid4()], addressees=["kg-moi-kyzyl-kiya"])
     got = outcome(route(update, thread, now=late))
     assert got["kg-moi-kyzyl-kiya"] == "expired" and got["blo-dostuk"] == "full"

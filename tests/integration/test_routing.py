@@ -1,0 +1,144 @@
+"""Routing on the real stack: the precursor scenario, a forward, and hot rule changes across instances."""
+from __future__ import annotations
+
+import asyncio
+import copy
+from uuid import UUID
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from demo.scenario import PRECURSORS
+from shared import topics
+from shared.auth import Role
+from shared.events import AlertForwarded, Envelope, RulesChanged
+from shared.ids import new_id
+from shared.kafka import make_producer, send
+from tests.conftest import port
+from tests.integration.conftest import make_key, start_service, wait_ready
+
+pytestmark = pytest.mark.stack
+
+
+async def token_for(settings, http: aiohttp.ClientSession, agency: str, role: Role) -> dict[str, str]:
+    key = await make_key(settings, agency, role)
+    async with http.post(f"http://127.0.0.1:{settings.gateway_port}/v1/auth/token", headers={"Authorization": f"Bearer {key}"}) as r:
+        assert r.status == 200, await r.text()
+        return {"Authorization": f"Bearer {(await r.json())['access_token']}"}
+
+
+async def wait_for(check, timeout: float = 20.0):
+    for _ in range(int(timeout / 0.1)):
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError("gave up waiting")
+
+
+def received(inbox, endpoint: str, alert_id: str) -> list[dict]:
+    return [m.body for m in inbox.received.get(endpoint, []) if m.body["alert_id"] == alert_id]
+
+
+async def test_precursor_alert_then_a_forward_within_amber(settings, services, inbox):
+    key = await make_key(settings, "kg-customs", Role.SUBMIT)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{settings.gateway_port}/v1/alerts", json=PRECURSORS,
+                             headers={"Authorization": f"Bearer {key}"}) as r:
+            assert r.status == 202, await r.text()
+            alert_id = (await r.json())["id"]
+        expected = {"ep-blo-dostuk", "ep-kg-moi-dostuk", "ep-uz-sbs-dustlik", "ep-kg-gknb-bgs", "ep-kz-mof", "ep-unodc"}
+        await wait_for(lambda: asyncio.sleep(0, all(received(inbox, ep, alert_id) for ep in expected)))
+        assert not received(inbox, "ep-kg-customs-dostuk", alert_id), "the originator is not told its own alert"
+        assert "personal_data" not in received(inbox, "ep-uz-sbs-dustlik", alert_id)[0]["alert"]
+        assert received(inbox, "ep-blo-dostuk", alert_id)[0]["alert"]["personal_data"]["vehicle_plates"] == ["01 KG 777 AAA"]
+
+        # BLO Dostuk passes it on: to its own agency's unit at Kyzyl-Kiya (allowed under TLP:AMBER),
+        # and to the police there (another agency at another post: refused).
+        forward = AlertForwarded(forward_id=new_id(), agency="kg-sbs", unit="blo-dostuk", comment="усилить контроль",
+                                 to=["kg-sbs-kyzyl-kiya", "kg-moi-kyzyl-kiya"], forwarded_by="test")
+        env = Envelope.wrap(forward, origin_node="test", alert_id=UUID(alert_id), thread_id=UUID(alert_id))
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            await (await send(producer, settings.topic(topics.ALERTS_SUBMITTED.name), alert_id, env))
+        finally:
+            await producer.stop()
+        got = await wait_for(lambda: asyncio.sleep(0, received(inbox, "ep-kg-sbs-kyzyl-kiya", alert_id)))
+        assert got[0]["forwarded_by"] == {"agency": "kg-sbs", "unit": "blo-dostuk", "comment": "усилить контроль"}
+        operator = await token_for(settings, http, "unodc", Role.OPERATOR)
+        async with http.get(f"http://127.0.0.1:{settings.routing_port}/v1/decisions/{alert_id}", headers=operator) as r:
+            decisions = await r.json()
+        fwd = next(d["decision"] for d in decisions if d["kind"] == "forward")
+        assert [x["unit"] for x in fwd["recipients"]] == ["kg-sbs-kyzyl-kiya"]
+        assert [(x["unit"], x["code"]) for x in fwd["denied"]] == [("kg-moi-kyzyl-kiya", "tlp_amber")]
+        assert not received(inbox, "ep-kg-moi-kyzyl-kiya", alert_id)
+
+
+async def rules_events(settings) -> list[RulesChanged]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic(topics.ROUTING_RULES.name), 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        out = []
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                out += [Envelope.from_bytes(r.value).payload_as(RulesChanged) for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_rule_changes_are_validated_activated_everywhere_and_announced(settings, services, tmp_path):
+    second = start_service("routing", tmp_path, {"BLONET_ROUTING_PORT": str(port(50))}, "-2")
+    urls = [f"http://127.0.0.1:{settings.routing_port}", f"http://127.0.0.1:{port(50)}"]
+    try:
+        await wait_ready(port(50), second)
+        async with aiohttp.ClientSession() as http:
+            operator = await token_for(settings, http, "unodc", Role.OPERATOR)
+            auditor = await token_for(settings, http, "unodc", Role.AUDITOR)
+            async with http.get(f"{urls[0]}/v1/routing/rules", headers=operator) as r:
+                active = await r.json()
+            content = copy.deepcopy(active["content"])
+
+            bad = {**content, "rules": {"rules": [{"id": "x", "named": ["ghost"]}]}}
+            async with http.put(f"{urls[0]}/v1/routing/rules", json=bad, headers=operator) as r:
+                assert r.status == 422 and (await r.json())["detail"]["problems"] == ["rules: rule x: unknown agency or unit ghost"]
+            async with http.put(f"{urls[0]}/v1/routing/rules", json=content, headers=auditor) as r:
+                assert r.status == 403, "auditors read rules, only operators change them"
+
+            content["rules"]["rules"][0]["deny"] = ["unodc"]
+            async with http.put(f"{urls[0]}/v1/routing/rules", json=content, headers=operator) as r:
+                assert r.status == 200, await r.text()
+                changed = await r.json()
+            assert changed["changed"] and changed["ruleset_hash"] != active["ruleset_hash"]
+
+            async def everyone_switched():
+                hashes = []
+                for url in urls:
+                    async with http.get(f"{url}/v1/routing/rules", headers=auditor) as r:
+                        hashes.append((await r.json())["ruleset_hash"])
+                return set(hashes) == {changed["ruleset_hash"]}
+
+            await wait_for(everyone_switched, timeout=5.0)
+        second.stop()
+        second = start_service("routing", tmp_path, {"BLONET_ROUTING_PORT": str(port(50))}, "-2")
+        await wait_ready(port(50), second)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{urls[1]}/v1/routing/rules", headers=auditor) as r:
+                assert (await r.json())["ruleset_hash"] == changed["ruleset_hash"], "a restart keeps the active version"
+        announced = [e for e in await rules_events(settings) if e.ruleset_hash == changed["ruleset_hash"]]
+        assert len(announced) == 1 and announced[0].previous_hash == active["ruleset_hash"]
+        assert announced[0].source == "api" and announced[0].changed_by.startswith("key:")
+        assert announced[0].content["rules"]["rules"][0]["deny"] == ["unodc"]
+    finally:
+        second.stop()
+        # Put the demo rules back for the other tests of this run.
+        async with aiohttp.ClientSession() as http:
+            operator = await token_for(settings, http, "unodc", Role.OPERATOR)
+            async with http.put(f"{urls[0]}/v1/routing/rules", json=active["content"], headers=operator) as r:
+                assert r.status == 200
+        await asyncio.sleep(2.5)
