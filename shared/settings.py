@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     smtp_port: int = 25
     smtp_sender: str = "blonet@localhost"
     smtp_starttls: bool = False
+    # Acknowledgement deadlines by urgency, in seconds, overriding the directory's per-agency minutes.
+    ack_deadlines_seconds: dict[str, float] = {}
 
     log_level: str = "INFO"
 
