@@ -57,9 +57,7 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = 50.0  # per API key and gateway instance; 429 with Retry-After above it
     rate_limit_burst: int = 100
     idempotency_ttl_hours: int = 48  # Idempotency-Key records are kept at least this long (>= 24)
-    # Refusing alerts whose `expires` is past is always on in production; development and test
-    # replay the 2017 Dostuk exercise with its historical dates unless this is set.
-    reject_expired_alerts: bool = False
+    reject_expired_alerts: bool = True  # 422 for an alert whose `expires` is past (off only to replay old traffic)
     webhook_timeout_seconds: float = 10.0
     # Comparable to Svix: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 24 h (about two days in all).
     retry_schedule_seconds: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000, 86400]

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from services.gateway import repository
+from services.gateway.schemas import AlertStatus
 from shared import topics
 from shared.alerts import Alert, MsgType
 from shared.auth import Principal, Role
@@ -243,7 +244,7 @@ def _wrap(rt: Runtime, payload: Payload, *, alert_id: UUID, thread_id: UUID, eve
 async def submit(rt: Runtime, caller: Caller, sub: Submission, *, idempotency_key: str | None, traceparent: str | None) -> tuple[int, dict]:
     """Accept an alert once: answer only after Kafka holds it durably (acks=all)."""
     now = datetime.now(timezone.utc)
-    check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts or rt.settings.environment == "production")
+    check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts)
     thread = await resolve_thread(rt, caller, sub.alert)
     key = idempotency_key
     if sub.cap is not None:
@@ -359,7 +360,11 @@ def _recipient_state(r: dict) -> str:
 
 
 async def status_view(rt: Runtime, found: Visible) -> dict:
-    """Return what this caller may see of the alert's progress."""
+    """Return what this caller may see of the alert's progress (shaped as the AlertStatus schema)."""
+    return AlertStatus.model_validate(await _status(rt, found)).model_dump(mode="json")
+
+
+async def _status(rt: Runtime, found: Visible) -> dict:
     row = found.row
     async with rt.sessions() as session:
         rows = found.mine if found.relation == "recipient" else await repository.recipients_of(session, row["alert_id"])
