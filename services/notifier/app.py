@@ -6,8 +6,9 @@ from functools import partial
 from fastapi import FastAPI
 
 from services.notifier.api import router
-from services.notifier.consumer import DeliveryIntake
+from services.notifier.consumer import AckIntake, DeliveryIntake
 from services.notifier.delivery import Deliverer, outbox_sweeper
+from services.notifier.escalation import escalation_worker
 from shared import topics
 from shared.service import Runtime
 from shared.settings import Settings, get_settings
@@ -18,7 +19,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt = Runtime("notifier", settings.notifier_port, settings)
     deliverer = Deliverer(rt)
     rt.consume("notifier", [topics.DELIVERIES_REQUESTED.name], DeliveryIntake(rt, deliverer))
-    rt.workers += [deliverer.run, partial(outbox_sweeper, rt)]
+    rt.consume("notifier-acks", [topics.ALERTS_ACKNOWLEDGED.name], AckIntake(rt))
+    rt.workers += [deliverer.run, partial(outbox_sweeper, rt), partial(escalation_worker, rt)]
     app = rt.app()
     app.include_router(router(rt))
     return rt, app

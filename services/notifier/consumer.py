@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from aiokafka.structs import ConsumerRecord
 
-from services.notifier import repository
+from services.notifier import escalation, repository
 from services.notifier.delivery import Deliverer
 from services.notifier.service import emit_status
-from shared.events import DeliveryRequested, DeliveryState, Envelope
+from shared.events import AlertAcknowledged, DeliveryRequested, DeliveryState, Envelope, EventType, ViewProfile
 from shared.observability import EVENTS_HANDLED
 from shared.service import Runtime
 from shared.settings import Settings
@@ -57,6 +58,25 @@ class DeliveryIntake:
     def __init__(self, runtime: Runtime, deliverer: Deliverer) -> None:
         self.rt, self.deliverer = runtime, deliverer
 
+    def _watches(self, reqs: list[DeliveryRequested], rows: list[dict]) -> list[dict]:
+        """Return the acknowledgements to wait for: full views of alerts whose urgency has a deadline."""
+        agencies = {a.id: a for a in escalation.directory(self.rt.settings.network_dir).agencies}
+        now = datetime.now(timezone.utc)
+        watches = []
+        for req, row in zip(reqs, rows):
+            agency = agencies.get(req.agency)
+            if row["state"] != "pending" or req.profile is not ViewProfile.FULL or (agency and agency.observer):
+                continue
+            deadline = escalation.ack_deadline(
+                urgency=escalation.urgency_of(req.body), requested_at=now,
+                agency_minutes=agency.ack_deadline_minutes if agency else {},
+                override_seconds=self.rt.settings.ack_deadlines_seconds,
+            )
+            if deadline:
+                watches.append({"alert_id": row["alert_id"], "agency": req.agency, "delivery_id": req.delivery_id,
+                                "deadline": deadline})
+        return watches
+
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         envs = [Envelope.from_bytes(record.value) for record in records]
         reqs = [env.payload_as(DeliveryRequested) for env in envs]
@@ -75,8 +95,27 @@ class DeliveryIntake:
                 })
                 EVENTS_HANDLED.labels("notifier", env.type).inc()
             new = await repository.add_deliveries(session, rows)
+            await repository.watch_acks(session, self._watches(reqs, rows))
             for row in rows:
                 if row["reason"] and row["delivery_id"] in new:
                     await emit_status(session, self.rt.settings, row=row, state=DeliveryState.FAILED, attempt=0, error=row["reason"])
             await session.commit()
         self.deliverer.wake.set()
+
+
+class AckIntake:
+    """Record recipients' acknowledgements, so their escalation deadlines stop."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
+        acks = {}
+        for record in records:
+            env = Envelope.from_bytes(record.value)
+            if env.type is EventType.ALERT_ACKNOWLEDGED and env.alert_id:
+                ack = env.payload_as(AlertAcknowledged)
+                acks[(env.alert_id, ack.agency)] = {"alert_id": env.alert_id, "agency": ack.agency}
+        async with self.rt.sessions() as session:
+            await repository.record_acks(session, list(acks.values()))
+            await session.commit()

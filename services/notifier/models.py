@@ -65,3 +65,14 @@ outbox = Table(
     Column("published_at", DateTime(timezone=True)),
     Index("outbox_unpublished", "id", postgresql_where="published_at IS NULL"),
 )
+
+ack_watch = Table(
+    "ack_watch", metadata,
+    Column("alert_id", Uuid, primary_key=True),
+    Column("agency", String(64), primary_key=True),
+    Column("delivery_id", Uuid, comment="the delivery re-sent on escalation (None: ack came first)"),
+    Column("deadline", DateTime(timezone=True)),
+    Column("state", String(16), nullable=False, comment="waiting, acknowledged, escalated"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ack_watch_due", "deadline", postgresql_where="state = 'waiting'"),
+)

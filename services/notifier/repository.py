@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.notifier.models import attempts, deliveries, endpoints, outbox
+from services.notifier.models import ack_watch, attempts, deliveries, endpoints, outbox
 
 
 def _now() -> datetime:
@@ -222,3 +222,46 @@ async def delivery_with_attempts(session: AsyncSession, delivery_id: UUID) -> di
 
 async def count_pending(session: AsyncSession, endpoint: str) -> int:
     return await session.scalar(select(func.count()).where(deliveries.c.endpoint == endpoint, deliveries.c.state == "pending"))
+
+
+async def watch_acks(session: AsyncSession, watches: list[dict]) -> None:
+    """Start waiting for acknowledgements (an acknowledgement already stored wins)."""
+    if watches:
+        now = _now()
+        await session.execute(insert(ack_watch).values(
+            [{**w, "state": "waiting", "updated_at": now} for w in watches]
+        ).on_conflict_do_nothing())
+
+
+async def record_acks(session: AsyncSession, acks: list[dict]) -> None:
+    """Mark (alert, agency) pairs acknowledged, whether or not their watch exists yet."""
+    if acks:
+        now = _now()
+        stmt = insert(ack_watch).values([{**a, "state": "acknowledged", "updated_at": now} for a in acks])
+        await session.execute(stmt.on_conflict_do_update(
+            index_elements=[ack_watch.c.alert_id, ack_watch.c.agency],
+            set_={"state": "acknowledged", "updated_at": now}, where=ack_watch.c.state == "waiting",
+        ))
+
+
+async def claim_overdue_watches(session: AsyncSession, now: datetime, limit: int = 100) -> list[dict]:
+    """Mark waiting watches past their deadline escalated and return them (each escalates once)."""
+    due = (select(ack_watch.c.alert_id, ack_watch.c.agency)
+           .where(ack_watch.c.state == "waiting", ack_watch.c.deadline <= now)
+           .limit(limit).with_for_update(skip_locked=True)).cte("due")
+    rows = await session.execute(
+        update(ack_watch).where(ack_watch.c.alert_id == due.c.alert_id, ack_watch.c.agency == due.c.agency)
+        .values(state="escalated", updated_at=now).returning(ack_watch)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def delivery_row(session: AsyncSession, delivery_id: UUID | None) -> dict | None:
+    if delivery_id is None:
+        return None
+    row = (await session.execute(select(deliveries).where(deliveries.c.delivery_id == delivery_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def watch_state(session: AsyncSession, alert_id: UUID, agency: str) -> str | None:
+    return await session.scalar(select(ack_watch.c.state).where(ack_watch.c.alert_id == alert_id, ack_watch.c.agency == agency))

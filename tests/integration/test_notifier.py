@@ -94,14 +94,14 @@ async def endpoints(settings):
     assert not eps.bad_signatures, eps.bad_signatures
 
 
-async def request_deliveries(settings, names: list[str], **fields) -> dict[str, str]:
+async def request_deliveries(settings, names: list[str], alert_id=None, **fields) -> dict[str, str]:
     """Put one delivery request per endpoint name on the topic, as routing would; return their ids."""
     producer = make_producer(settings)
     await producer.start()
     ids = {}
     try:
         for name in names:
-            aid = new_id()
+            aid = alert_id or new_id()
             req = DeliveryRequested(**{
                 "delivery_id": new_id(), "endpoint": f"ep-test-{name}", "agency": "kg-sbs",
                 "url": f"http://127.0.0.1:{PORT}/{name}", "profile": ViewProfile.FULL, "body": {"test": name}, **fields,

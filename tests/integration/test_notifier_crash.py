@@ -52,11 +52,13 @@ class Receiver:
 
     def __init__(self) -> None:
         self.calls: dict[str, list[str]] = defaultdict(list)
+        self.bodies: dict[str, list[dict]] = defaultdict(list)
         self.first_call = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.calls[name].append(request.headers["webhook-id"])
+        self.bodies[name].append(await request.json())
         if name == "hang" and len(self.calls[name]) == 1:
             self.first_call.set()
             await asyncio.sleep(60)
@@ -67,7 +69,7 @@ class Receiver:
 async def receiver():
     r = Receiver()
     app = web.Application()
-    app.add_routes([web.post("/{name}", r.handle)])
+    app.add_routes([web.post("/{name}", r.handle), web.post("/inbox/{name}", r.handle)])
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", RECEIVER_PORT).start()
