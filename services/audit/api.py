@@ -91,7 +91,10 @@ def router(rt: Runtime, checkpointer) -> APIRouter:
     @api.post("/checkpoint", response_class=PlainTextResponse, dependencies=[audited(Role.AUDITOR, Role.OPERATOR)])
     async def sign_now() -> PlainTextResponse:
         """Sign a checkpoint of the log as it is now (if it grew) and return it."""
-        return PlainTextResponse(await checkpointer.sign(), media_type=NOTE)
+        try:
+            return PlainTextResponse(await checkpointer.sign(), media_type=NOTE)
+        except service.TamperError as exc:
+            raise HTTPException(409, f"refused to sign: {exc}") from None
 
     @api.get("/checkpoints", dependencies=[auditor])
     async def checkpoints(after: int = Query(-1, ge=-1), limit: int = Query(1000, ge=1, le=1000)) -> dict:

@@ -21,7 +21,7 @@ from shared import db
 from shared.settings import get_settings
 
 audit = typer.Typer(help="The audit log: signing keys, verification, export, erasure.", no_args_is_help=True)
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # messages are read by scripts too: no wrapping
 
 KEY_HELP = "the log's verifier key (as printed by `blonet audit keygen`), or @FILE holding it"
 URL_OPT = typer.Option(None, help="audit service base URL (default: this node's)")

@@ -8,9 +8,10 @@
 - `payloads`: the events' payloads, salted; the only table rows leave (retention, erasure).
 """
 from sqlalchemy import (
-    ARRAY, BigInteger, Column, DateTime, Index, LargeBinary, MetaData, PrimaryKeyConstraint, SmallInteger, String,
+    BigInteger, Column, DateTime, Index, LargeBinary, MetaData, PrimaryKeyConstraint, SmallInteger, String,
     Table, Text, Uuid, text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 metadata = MetaData()
 

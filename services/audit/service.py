@@ -100,7 +100,7 @@ async def sign_checkpoint(session: AsyncSession, key: SignerKey, origin: str, no
     root = frontier.root()
     if frontier.size != size or Frontier(size, await _edge(session, size)).root() != root:
         raise TamperError(f"the stored tree of {size} entries does not match entries {signed}..{size - 1}")
-    if latest:
+    if signed:  # every tree extends the empty one: nothing to prove from size 0
         ranges = consistency_ranges(signed, size)
         proof = hashes_of(ranges, await repository.node_hashes(session, nodes_for(ranges)))
         if not verify_consistency(signed, size, latest["root_hash"], root, proof):
