@@ -78,7 +78,10 @@ class Tlp(StrEnum):
     @property
     def openness(self) -> int:
         """Return 0 for RED up to 4 for CLEAR: higher may be shared more widely."""
-        return list(Tlp).index(self)
+        return _OPENNESS[self]
+
+
+_OPENNESS = {label: rank for rank, label in enumerate(Tlp)}
 
 
 class Handling(StrEnum):

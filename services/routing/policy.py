@@ -166,14 +166,22 @@ def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive:
     keys = alert_keys(alert, sender)
     rules = walk_naive(net.network.rules.rules, keys) if naive else walk_indexed(net.root, keys)
     denied_by_rule = {name: rule.deny_reason or f"rule {rule.id} denies it" for rule in rules for name in rule.deny}
-    candidates = prior + [c for rule in rules for s in rule.recipients for c in _select(s, rule, alert, net)]
+    # A selector resolves the same whichever rule names it: resolve it once, for the first rule.
+    first_rule = {}
+    for rule in rules:
+        for selector in rule.recipients:
+            first_rule.setdefault(selector, rule)
+    candidates = prior + [c for selector, rule in first_rule.items() for c in _select(selector, rule, alert, net)]
     candidates += [c for rule in rules for n in rule.named for c in _named(net, n, rule.id, f"named by rule {rule.id}", False)]
     candidates += [c for n in alert.addressees for c in _named(net, n, ADDRESSEE_RULE, "named as addressee", True)]
     # Whoever the sender named is explicit however it was selected; its own unit is not told its own alert.
     named = set(alert.addressees)
     candidates = [replace(c, explicit=True) if c.unit in named or c.agency.id in named else c for c in candidates]
     own = {u.id for u in (net.posts[alert.sender_post].units if alert.sender_post in net.posts else ()) if u.agency == sender.id}
-    outcomes = [admit(alert, sender, c, net, now, denied_by_rule) for c in candidates if c.unit is None or c.unit not in own]
+    # The same unit selected by several rules is decided once: the first selection explains it.
+    unique = {(c.agency.id, c.unit, c.endpoint, c.explicit, c.rule == THREAD_RULE): c for c in reversed(candidates)}
+    candidates = [c for c in reversed(unique.values()) if c.unit is None or c.unit not in own]
+    outcomes = [admit(alert, sender, c, net, now, denied_by_rule) for c in candidates]
     note = None if rules or alert.addressees or prior else "no route rule matched this alert: routed to no one"
     return _collect(outcomes, kind, net, note)
 
