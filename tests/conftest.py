@@ -18,16 +18,18 @@ def port(offset: int) -> int:
 
 # The test stack's Kafka and PostgreSQL (started by `make test`, or by the integration fixtures)
 # listen on their own ports beside a `make run` stack; each run gets its own database and topics.
+KAFKA_PORT = os.environ.get("BLONET_TEST_KAFKA_PORT", "19092")
+PG_PORT = os.environ.get("BLONET_TEST_PG_PORT", "15433")
 STACK_ENV = {
     "BLONET_STACK_DIR": str(REPO / "var" / "test-stack"),
-    "BLONET_KAFKA_PORT": "19092",
-    "BLONET_KAFKA_CONTROLLER_PORT": "19093",
-    "BLONET_PG_PORT": "15433",
+    "BLONET_KAFKA_PORT": KAFKA_PORT,
+    "BLONET_KAFKA_CONTROLLER_PORT": os.environ.get("BLONET_TEST_CONTROLLER_PORT", "19093"),
+    "BLONET_PG_PORT": PG_PORT,
 }
 APP_ENV = {
     "BLONET_ENVIRONMENT": "test",
-    "BLONET_KAFKA_BOOTSTRAP": "127.0.0.1:19092",
-    "BLONET_PG_PORT": "15433",
+    "BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA_PORT}",
+    "BLONET_PG_PORT": PG_PORT,
     "BLONET_PG_DATABASE": f"blonet_test_{RUN}",
     "BLONET_TOPIC_PREFIX": f"t{RUN}.",
     "BLONET_GATEWAY_PORT": str(port(0)),
