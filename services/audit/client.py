@@ -55,10 +55,8 @@ class AuditClient:
 
     def entries(self, size: int) -> Iterator[bytes]:
         for start in range(0, size, PAGE):
-            page = self.json("/v1/entries", start=start, end=min(start + PAGE, size))["entries"]
-            for expected, item in enumerate(page, start=start):
-                if item["index"] != expected:
-                    raise SourceError(f"the service returned entry {item['index']} where {expected} was due")
+            # Served in log order; whether each sits at its place is for the verifier to judge.
+            for item in self.json("/v1/entries", start=start, end=min(start + PAGE, size))["entries"]:
                 yield base64.b64decode(item["entry"])
 
 

@@ -88,8 +88,8 @@ def check(frontier: Frontier, targets: dict, result: Verified, last_good: int = 
         if root != expected:
             raise VerificationError(
                 f"the first {frontier.size} entries hash to {b64(root)} but {label} says {b64(expected)}: an entry "
-                f"between index {last_good} and {frontier.size - 1} was changed, removed or reordered "
-                f"(the first {last_good} still match a signed checkpoint)")
+                f"between index {last_good} and {frontier.size - 1} was changed, removed or reordered"
+                + (f" (the first {last_good} still match a signed checkpoint)" if last_good else ""))
     return frontier.size
 
 

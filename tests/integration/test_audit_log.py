@@ -59,14 +59,19 @@ async def own_database(settings: Settings, suffix: str) -> Settings:
     return s
 
 
-async def superuser(settings: Settings, *statements: str) -> list:
+async def superuser(settings: Settings, *statements: str | tuple[str, dict]) -> list[list]:
     """Run statements as the superuser, triggers disabled: what someone behind the database's back can do."""
     engine = create_async_engine(URL.create("postgresql+asyncpg", username=settings.pg_superuser, host=settings.pg_host,
                                             port=settings.pg_port, database=settings.pg_database))
     try:
         async with engine.begin() as conn:
             await conn.execute(text("SET session_replication_role = replica"))
-            return [await conn.execute(text(sql)) for sql in statements]
+            await conn.execute(text("SET search_path = audit"))
+            results = []
+            for sql, params in (s if isinstance(s, tuple) else (s, {}) for s in statements):
+                result = await conn.execute(text(sql), params)
+                results.append(result.all() if result.returns_rows else [])
+            return results
     finally:
         await engine.dispose()
 
