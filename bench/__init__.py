@@ -1,0 +1,1 @@
+"""Throughput/latency benchmark of the alert pipeline: see bench/README.md."""
