@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from uuid import UUID
@@ -69,8 +69,17 @@ def seal(draft: Draft, index: int, recorded_at: datetime, nonce: bytes | None) -
 
 # --- what an entry keeps of each event: metadata an auditor needs, no personal data ------------
 
+def _plain(value):
+    """Keep an entry canonical: a float (never meant in these fields) is kept as its text."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return [repr(v) if isinstance(v, float) else v for v in value]
+    return value
+
+
 def _pick(d: dict, *keys: str) -> dict:
-    return {k: d.get(k) for k in keys}
+    return {k: _plain(d.get(k)) for k in keys}
 
 
 def _submitted(p: dict) -> dict:
@@ -97,33 +106,17 @@ SUMMARIES: dict[str, Callable[[dict], dict]] = {
 AGENCY_KEYS = ("agency", "sender_agency")
 
 
-def _plain(value):
-    """Keep a value canonical: floats (never meant in these fields) become their text."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return repr(value)
-    return value
-
-
-def _agencies(value) -> Iterable[str]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k in AGENCY_KEYS and isinstance(v, str):
-                yield v
-            else:
-                yield from _agencies(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _agencies(v)
+def _agencies(kept: dict) -> list[str]:
+    found = {kept.get(k) for k in AGENCY_KEYS}
+    for group in ("recipients", "denied"):
+        found |= {r.get("agency") for r in kept.get(group) or ()}
+    return sorted(a for a in found if isinstance(a, str))
 
 
 def summary(event_type: str, payload: dict) -> dict:
     """Return what the entry keeps of a payload: ids, parties, codes and states, no narrative."""
     pick = SUMMARIES.get(event_type)
-    return _plain(pick(payload) if pick else {k: payload.get(k) for k in AGENCY_KEYS if k in payload})
+    return pick(payload) if pick else _pick(payload, *(k for k in AGENCY_KEYS if k in payload))
 
 
 # --- drafts ---------------------------------------------------------------------------------
@@ -147,7 +140,7 @@ def from_record(topic: str, partition: int, offset: int, value: bytes | None) ->
     meta = env.model_dump(mode="json", include={"schema_version", "occurred_at", "origin_node", "alert_id", "thread_id",
                                                 "causation_id"})
     kept = summary(env.type.value, env.payload)
-    agencies = tuple(sorted(set(_agencies(kept))))
+    agencies = tuple(_agencies(kept))
     return Draft(env.event_id, env.type.value, {**meta, "source": source, "agencies": list(agencies), "summary": kept},
                  payload=raw, alert_id=env.alert_id, causation_id=env.causation_id, occurred_at=env.occurred_at,
                  agencies=agencies)

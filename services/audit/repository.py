@@ -42,9 +42,12 @@ async def node_hashes(session: AsyncSession, nodes: Collection[Node]) -> dict[No
 
 
 async def append(session: AsyncSession, entry_rows: list[dict], node_rows: list[dict], payload_rows: list[dict]) -> None:
+    """Insert new rows with COPY, inside the session's transaction: the cheapest way in, and INSERT is all it needs."""
+    raw = (await (await session.connection()).get_raw_connection()).driver_connection
     for table, rows in ((entries, entry_rows), (tree_nodes, node_rows), (payloads, payload_rows)):
         if rows:
-            await session.execute(insert(table), rows)
+            columns = list(rows[0])
+            await raw.copy_records_to_table(table.name, columns=columns, records=[tuple(r[c] for c in columns) for r in rows])
 
 
 async def entry_bytes(session: AsyncSession, start: int, end: int) -> list[tuple[int, bytes]]:

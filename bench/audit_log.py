@@ -1,0 +1,299 @@
+"""Benchmark of the audit log: appends/s, inclusion-proof latency and full verification at 1 M entries.
+
+    .venv/bin/python -m bench.audit_log                       # 1,000,000 entries (about 10 minutes)
+    .venv/bin/python -m bench.audit_log --entries 50000       # a smoke run
+
+Each figure stands beside a baseline measured in the same run, on the same machine and data:
+- appends: the product's append path (Recorder's: parse each Kafka record, seal the entry, extend
+  the tree, insert entries + tree nodes + payloads under the append lock, commit per batch of 500)
+  against a plain INSERT of the same entry and payload rows into tables without indexes, triggers,
+  lock or tree;
+- inclusion proofs at the full size: `service.inclusion_proof` (latest checkpoint + O(log n) tree
+  nodes) against a primary-key SELECT of one entry; and the whole HTTP route in process (token
+  check, the auditor query appended to the log, the proof);
+- verification: `verify_log` over an export of every entry (recompute every leaf and node,
+  check the signed checkpoints) against hashlib.sha256 over the same bytes.
+
+It needs a PostgreSQL (the dev stack's by default: `deploy/stack.sh start postgres`), creates the
+database blonet_bench_audit_<run>, and drops it at the end unless --keep.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import secrets
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from demo.scenario import SCENARIO
+from services.audit import entry, keys, repository, service
+from services.audit.client import read_export, write_export
+from services.audit.note import SignerKey
+from services.audit.verify import verify_log
+from shared import db
+from shared.alerts import Alert
+from shared.events import (
+    AlertRouted, AlertSubmitted, DeliveryRequested, DeliveryState, DeliveryStatus, Envelope, Recipient, ViewProfile,
+)
+from shared.settings import REPO, Settings, get_settings
+
+BATCH = 500  # the audit consumer's max_records
+EVENT, ALERT = "00000000-0000-7000-8000-0000000000e1", "00000000-0000-7000-8000-0000000000a1"
+
+
+def templates() -> list[tuple[str, bytes]]:
+    """One alert's story as Kafka values, with placeholder ids: submitted, routed, 7 x (requested, status)."""
+    alert_id, event_id = UUID(ALERT), UUID(EVENT)
+    alert = Alert.model_validate(SCENARIO)
+
+    def wrap(payload) -> bytes:
+        return Envelope.wrap(payload, origin_node="bench", alert_id=alert_id, thread_id=alert_id,
+                             event_id=event_id).to_bytes()
+
+    recipients = [Recipient(agency=f"agency-{i}", endpoint=f"ep-{i}", profile=ViewProfile.FULL, rule="r", reason="x")
+                  for i in range(7)]
+    out = [("alerts.submitted", wrap(AlertSubmitted(alert=alert, submitted_by="bench"))),
+           ("alerts.routed", wrap(AlertRouted(ruleset_hash="0" * 64, recipients=recipients, denied=[])))]
+    for r in recipients:
+        out.append(("deliveries.requested", wrap(DeliveryRequested(
+            delivery_id=event_id, endpoint=r.endpoint, agency=r.agency, url="https://x.example/in", profile=r.profile,
+            body={"alert": SCENARIO}))))
+        out.append(("deliveries.status", wrap(DeliveryStatus(
+            delivery_id=event_id, endpoint=r.endpoint, agency=r.agency, state=DeliveryState.DELIVERED, attempt=1,
+            http_status=200, latency_ms=3.0))))
+    return out
+
+
+def records(n: int):
+    """Yield n (topic, partition, offset, value) records: alert stories with fresh ids."""
+    story, offset = templates(), 0
+    while offset < n:
+        alert = str(UUID(int=random.getrandbits(128)))
+        for topic, value in story:
+            if offset == n:
+                return
+            event = str(UUID(int=random.getrandbits(128)))
+            yield topic, offset % 6, offset, value.replace(EVENT.encode(), event.encode()).replace(ALERT.encode(),
+                                                                                                  alert.encode())
+            offset += 1
+
+
+def percentiles(samples: list[float]) -> dict:
+    q = statistics.quantiles(samples, n=100)
+    return {"p50_ms": round(q[49] * 1000, 3), "p99_ms": round(q[98] * 1000, 3), "samples": len(samples)}
+
+
+async def superuser_engine(settings: Settings, database: str):
+    return create_async_engine(URL.create("postgresql+asyncpg", username=settings.pg_superuser, host=settings.pg_host,
+                                          port=settings.pg_port, database=database), isolation_level="AUTOCOMMIT")
+
+
+async def bench_appends(settings: Settings, n: int) -> dict:
+    engine = db.make_engine(settings, "audit", pool_size=2)
+    sessions = db.make_sessionmaker(engine)
+    batch, started, progress = [], time.perf_counter(), time.perf_counter()
+    try:
+        for record in records(n):
+            batch.append(record)
+            if len(batch) == BATCH:
+                await _append(sessions, batch)
+                batch = []
+                if time.perf_counter() - progress > 15:
+                    progress = time.perf_counter()
+                    done = record[2] + 1
+                    print(f"  {done:>9} entries, {done / (progress - started):,.0f}/s", flush=True)
+        if batch:
+            await _append(sessions, batch)
+    finally:
+        await engine.dispose()
+    seconds = time.perf_counter() - started
+    return {"entries": n, "seconds": round(seconds, 2), "per_second": round(n / seconds)}
+
+
+async def _append(sessions, batch) -> None:
+    drafts = [entry.from_record(*r) for r in batch]
+    async with sessions() as session:
+        await service.append(session, drafts, datetime.now(timezone.utc))
+        await session.commit()
+
+
+async def bench_plain_insert(settings: Settings, n: int) -> dict:
+    """Insert the first n entries' rows (and their payloads) as they are into plain tables: the floor."""
+    admin = await superuser_engine(settings, settings.pg_database)
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text("CREATE TABLE audit.plain_entries (LIKE audit.entries)"))
+            await conn.execute(text("CREATE TABLE audit.plain_payloads (LIKE audit.payloads)"))
+        seconds = 0.0
+        for start in range(0, n, BATCH):
+            async with admin.connect() as conn:
+                rows = (await conn.execute(text("SELECT * FROM audit.entries WHERE idx >= :a AND idx < :b"),
+                                           {"a": start, "b": min(start + BATCH, n)})).mappings().all()
+                pays = (await conn.execute(text("SELECT * FROM audit.payloads WHERE idx >= :a AND idx < :b"),
+                                           {"a": start, "b": min(start + BATCH, n)})).mappings().all()
+            t = time.perf_counter()
+            async with admin.begin() as conn:
+                await conn.execute(text("INSERT INTO audit.plain_entries VALUES (:idx, :event_id, :type, :alert_id, "
+                                        ":causation_id, :occurred_at, :recorded_at, :agencies, :entry)"),
+                                   [dict(r) for r in rows])
+                await conn.execute(text("INSERT INTO audit.plain_payloads VALUES (:idx, :nonce, :body, :stored_at)"),
+                                   [dict(r) for r in pays])
+            seconds += time.perf_counter() - t
+    finally:
+        await admin.dispose()
+    return {"entries": n, "seconds": round(seconds, 2), "per_second": round(n / seconds)}
+
+
+async def bench_proofs(settings: Settings, samples: int) -> dict:
+    engine = db.make_engine(settings, "audit", pool_size=2)
+    key = keys.load_signing_key(settings)
+    try:
+        async with db.make_sessionmaker(engine)() as session:
+            t = time.perf_counter()
+            await service.sign_checkpoint(session, key, key.name, datetime.now(timezone.utc))
+            await session.commit()
+            sign_seconds = time.perf_counter() - t
+            size = (await repository.latest_checkpoint(session))["tree_size"]
+            proof, select = [], []
+            for _ in range(samples):
+                i = random.randrange(size)
+                t = time.perf_counter()
+                await service.inclusion_proof(session, tree_size=None, index=i)
+                proof.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                await session.execute(text("SELECT entry FROM entries WHERE idx = :i"), {"i": i})
+                select.append(time.perf_counter() - t)
+            await session.rollback()
+    finally:
+        await engine.dispose()
+    return {"tree_size": size, "first_checkpoint_seconds": round(sign_seconds, 2),
+            "inclusion_proof": percentiles(proof), "baseline_pk_select": percentiles(select),
+            "http": await bench_http(settings, size, samples // 2)}
+
+
+async def bench_http(settings: Settings, size: int, samples: int) -> dict:
+    """The inclusion route in process: bearer token check, the query appended to the log, the proof."""
+    import httpx
+    from fastapi import FastAPI
+
+    from services.audit.api import router
+    from shared.auth import Principal, Role, ensure_signing_key, issue_token
+    from shared.service import Runtime
+
+    ensure_signing_key(settings)
+    rt = Runtime("audit", settings.audit_port, settings)
+    app = FastAPI()
+    app.include_router(router(rt, checkpointer=None))
+    bearer = issue_token(settings, Principal("bench", "unodc", frozenset({Role.AUDITOR})))
+    latencies = []
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit",
+                                     headers={"Authorization": f"Bearer {bearer}"}) as http:
+            for _ in range(samples):
+                t = time.perf_counter()
+                r = await http.get("/v1/proofs/inclusion", params={"index": random.randrange(size), "tree_size": size})
+                latencies.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+    finally:
+        await rt.engine.dispose()
+    return percentiles(latencies)
+
+
+async def export_log(settings: Settings, out: Path) -> int:
+    engine = db.make_engine(settings, "audit", pool_size=1)
+    try:
+        async with db.make_sessionmaker(engine)() as session:
+            notes = [c["note"] for c in await repository.checkpoint_list(session, -1, 1000)]
+            size = (await repository.latest_checkpoint(session))["tree_size"]
+            chunks = [[e for _, e in await repository.entry_bytes(session, s, min(s + 20_000, size))]
+                      for s in range(0, size, 20_000)]
+    finally:
+        await engine.dispose()
+    return write_export(out, "bench", notes, size, (e for chunk in chunks for e in chunk))
+
+
+def bench_verify(settings: Settings, export: Path) -> dict:
+    vkey = keys.load_signing_key(settings).verifier
+    _, notes, entries = read_export(export)
+    t = time.perf_counter()
+    result = verify_log(entries, notes[-1], vkey, history=notes)
+    verify_seconds = time.perf_counter() - t
+    _, _, entries = read_export(export)
+    t = time.perf_counter()
+    for data in entries:
+        hashlib.sha256(data).digest()
+    hash_seconds = time.perf_counter() - t
+    return {"entries": result.checkpoint.size, "verify_seconds": round(verify_seconds, 2),
+            "baseline_sha256_seconds": round(hash_seconds, 2), "ratio": round(verify_seconds / hash_seconds, 1)}
+
+
+async def main(args: argparse.Namespace) -> dict:
+    base = get_settings()
+    run = secrets.token_hex(3)
+    settings = base.model_copy(update={"pg_database": f"blonet_bench_audit_{run}", "audit_signing_key_file":
+                                       REPO / "var" / "bench" / f"audit-{run}.key", "audit_origin": "bench/audit"})
+    keys.write_new_key(keys.key_file(settings), "bench/audit")
+    await db.bootstrap(settings)
+    await db.migrate(settings, "audit")
+    report: dict = {"run": run, "entries": args.entries, "batch": BATCH}
+    try:
+        print(f"appending {args.entries:,} entries through the product's append path ...", flush=True)
+        report["appends"] = await bench_appends(settings, args.entries)
+        print(f"  {report['appends']}", flush=True)
+        baseline = min(args.baseline_entries or args.entries, args.entries)
+        print(f"plain INSERT of the first {baseline:,} of the same rows ...", flush=True)
+        report["appends_baseline_plain_insert"] = await bench_plain_insert(settings, baseline)
+        print(f"  {report['appends_baseline_plain_insert']}", flush=True)
+        print(f"signing, then {args.samples} inclusion proofs at the full size ...", flush=True)
+        report["proofs"] = await bench_proofs(settings, args.samples)
+        print(f"  {report['proofs']}", flush=True)
+        export = REPO / "var" / "bench" / f"audit-{run}.jsonl"
+        print(f"exporting and verifying {args.entries:,} entries ...", flush=True)
+        await export_log(settings, export)
+        report["verify"] = bench_verify(settings, export)
+        print(f"  {report['verify']}", flush=True)
+        export.unlink()
+    finally:
+        if not args.keep:
+            admin = await superuser_engine(settings, "postgres")
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{settings.pg_database}" WITH (FORCE)'))
+            await admin.dispose()
+        keys.key_file(settings).unlink(missing_ok=True)
+    a, b = report["appends"], report["appends_baseline_plain_insert"]
+    p, v = report["proofs"], report["verify"]
+    report["summary"] = {
+        "appends_per_second": a["per_second"], "plain_insert_rows_per_second": b["per_second"],
+        "append_cost_vs_plain_insert": round(b["per_second"] / a["per_second"], 2),
+        "inclusion_p99_ms": p["inclusion_proof"]["p99_ms"], "pk_select_p99_ms": p["baseline_pk_select"]["p99_ms"],
+        "http_inclusion_p99_ms": p["http"]["p99_ms"],
+        "verify_seconds": v["verify_seconds"], "sha256_seconds": v["baseline_sha256_seconds"],
+        "targets_met": {"appends>=5000/s": a["per_second"] >= 5000, "inclusion_p99<5ms": p["inclusion_proof"]["p99_ms"] < 5,
+                        "verify_1M<30s": v["verify_seconds"] < 30 * args.entries / 1_000_000},
+    }
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--baseline-entries", type=int, default=200_000, help="rows for the plain INSERT baseline")
+    parser.add_argument("--samples", type=int, default=2000, help="inclusion proofs to time")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    args = parser.parse_args()
+    report = asyncio.run(main(args))
+    out = REPO / "var" / "bench" / f"audit-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report["summary"], indent=2))
+    print(f"written to {out}")
