@@ -10,7 +10,8 @@ from shared.settings import REPO
 RUN = secrets.token_hex(3)
 # Every port a test run opens is BASE + a fixed offset, with BASE drawn per run, so test runs
 # started side by side (two developers' sessions, CI beside a dev loop) never collide.
-BASE = 20_000 + 200 * random.SystemRandom().randrange(175)
+# Blocks are 500 wide because offsets go up to 499 (400-499: the notifier tests).
+BASE = 20_000 + 500 * random.SystemRandom().randrange(70)
 
 
 def port(offset: int) -> int:
