@@ -96,6 +96,19 @@ async def _hand_schema_to_owner(conn, settings: Settings, role: str, owner: str)
     await conn.execute(text(f"GRANT USAGE ON SCHEMA {role} TO {role}"))
 
 
+
+async def drop_database(settings: Settings) -> None:
+    """Drop the settings' database if it exists (tests and benchmarks clean up their own)."""
+    admin = create_async_engine(URL.create(
+        "postgresql+asyncpg", username=settings.pg_superuser, host=settings.pg_host, port=settings.pg_port,
+        database="postgres",
+    ), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{settings.pg_database}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
 def _script_config(service: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).resolve().parent.parent / "services" / service / "migrations"))

@@ -13,9 +13,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from sqlalchemy import text
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from demo.inbox import Inbox, serve
 from services.gateway import repository as gateway_repo
@@ -60,11 +57,7 @@ async def settings(tmp_path_factory) -> AsyncIterator[Settings]:
         await db.migrate(s, service)
     await topics.create_topics(s)
     yield s
-    admin = create_async_engine(URL.create("postgresql+asyncpg", username="postgres", host=s.pg_host, port=s.pg_port,
-                                           database="postgres"), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{s.pg_database}" WITH (FORCE)'))
-    await admin.dispose()
+    await db.drop_database(s)
 
 
 async def in_session(settings: Settings, service: str, work):

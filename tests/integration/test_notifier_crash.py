@@ -13,9 +13,6 @@ from collections import defaultdict
 
 import pytest
 from aiohttp import web
-from sqlalchemy import text
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared import db, topics
 from tests.conftest import port
@@ -35,11 +32,7 @@ async def crash_settings(settings):
     await db.migrate(s, "notifier")
     await topics.create_topics(s)
     yield s
-    admin = create_async_engine(URL.create("postgresql+asyncpg", username="postgres", host=s.pg_host, port=s.pg_port,
-                                           database="postgres"), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{s.pg_database}" WITH (FORCE)'))
-    await admin.dispose()
+    await db.drop_database(s)
 
 
 def notifier_env(s, n: int) -> dict[str, str]:
