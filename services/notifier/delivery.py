@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import Webhook
 from services.notifier import channels, repository
 from services.notifier.breaker import Bucket, Circuit, bucket_take, bucket_wait, circuit_after, circuit_allows, circuit_blocked
 from services.notifier.retry import Outcome, judge
-from services.notifier.service import SYSTEM_ACTOR, emit_status, record_action
+from services.notifier.service import SYSTEM_ACTOR, record_action, status_events
 from shared.events import DeliveryState, Envelope
 from shared.kafka import send
 from shared.observability import log_context
@@ -29,6 +29,7 @@ from shared.service import Runtime
 log = logging.getLogger(__name__)
 MAX_ENDPOINTS_IN_FLIGHT = 64
 BATCH = 100
+OUTBOX_BATCH = 500
 STATES = {"delivered": DeliveryState.DELIVERED, "pending": DeliveryState.RETRYING, "failed": DeliveryState.FAILED}
 
 
@@ -61,11 +62,19 @@ class Deliverer:
         self.buckets: dict[str, Bucket] = {}
         self.rates: dict[str, float] = {}
         self.http: aiohttp.ClientSession | None = None
+        self.attempt_log = AttemptLog(runtime)
 
     async def run(self) -> None:
         """Claim due deliveries until the service stops; wakes at once when new ones are stored."""
         timeout = aiohttp.ClientTimeout(total=self.rt.settings.webhook_timeout_seconds)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        writer = asyncio.create_task(self.attempt_log.run(), name="attempt-log")
+        try:
+            await self._run(timeout, connector)
+        finally:
+            writer.cancel()
+
+    async def _run(self, timeout: aiohttp.ClientTimeout, connector: aiohttp.TCPConnector) -> None:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as self.http:
             while not self.rt.stopping.is_set():
                 if len(self._busy) < MAX_ENDPOINTS_IN_FLIGHT:
@@ -163,48 +172,96 @@ class Deliverer:
             self.circuits.get(row["endpoint"], Circuit()), verdict.state == "delivered", self.clock(),
             self.rt.settings.circuit_failure_threshold,
         )
-        async with self.rt.sessions() as session:
-            await repository.record_attempt(
-                session, delivery_id=row["delivery_id"], attempt=attempt, started_at=started, latency_ms=latency_ms,
-                http_status=outcome.status, error=outcome.error, excerpt=excerpt, state=verdict.state,
-                due_at=verdict.due_at, reason=verdict.reason,
-            )
-            await emit_status(
-                session, self.rt.settings, row=row, state=STATES[verdict.state], attempt=attempt,
-                http_status=outcome.status, error=verdict.reason, latency_ms=round(latency_ms, 2),
-                next_attempt_at=verdict.due_at,
-            )
-            if verdict.disable_endpoint:
-                await repository.set_endpoint_enabled(session, row["endpoint"], False, verdict.reason)
-                await record_action(session, self.rt.settings, action="endpoint.disable", target=row["endpoint"],
-                                    actor=SYSTEM_ACTOR, reason=verdict.reason, alert_id=row["alert_id"])
-            await session.commit()
+        await self.attempt_log.record({
+            "row": row, "delivery_id": row["delivery_id"], "attempt": attempt, "started_at": started,
+            "latency_ms": latency_ms, "http_status": outcome.status, "error": outcome.error, "excerpt": excerpt,
+            "state": verdict.state, "due_at": verdict.due_at, "reason": verdict.reason,
+            "disable_endpoint": verdict.disable_endpoint,
+        })
         log.info("delivery attempt", extra={"endpoint": row["endpoint"], "attempt": attempt, "state": verdict.state,
                                             "http_status": outcome.status, "reason": verdict.reason})
-        await publish_outbox(self.rt)
+
+
+class AttemptLog:
+    """Group commit: the attempts of every endpoint's worker are recorded together, one
+    transaction per batch, with their status events and any endpoint disabled by a 410.
+
+    `record` returns once its attempt is durable, so a worker never runs ahead of its record.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.queue: asyncio.Queue[tuple[dict, asyncio.Future]] = asyncio.Queue()
+
+    async def record(self, result: dict) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((result, done))
+        await done
+
+    async def run(self) -> None:
+        """Write batches until cancelled; a failed batch fails its workers (their leases then expire)."""
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty() and len(batch) < OUTBOX_BATCH:
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._write([result for result, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    done.set_exception(exc)
+                continue
+            for _, done in batch:
+                done.set_result(None)
+            outbox_waiting.set()  # the sweeper publishes in batches; attempts never wait for Kafka
+
+    async def _write(self, results: list[dict]) -> None:
+        s = self.rt.settings
+        async with self.rt.sessions() as session:
+            await repository.record_attempts(session, results)
+            events = []
+            for r in results:
+                events += status_events(
+                    s, row=r["row"], state=STATES[r["state"]], attempt=r["attempt"], http_status=r["http_status"],
+                    error=r["reason"], latency_ms=round(r["latency_ms"], 2), next_attempt_at=r["due_at"],
+                )
+            await repository.add_outbox_rows(session, events)
+            for r in (r for r in results if r["disable_endpoint"]):
+                await repository.set_endpoint_enabled(session, r["row"]["endpoint"], False, r["reason"])
+                await record_action(session, s, action="endpoint.disable", target=r["row"]["endpoint"],
+                                    actor=SYSTEM_ACTOR, reason=r["reason"], alert_id=r["row"]["alert_id"])
+            await session.commit()
 
 
 _publish_lock = asyncio.Lock()
+outbox_waiting = asyncio.Event()
 
 
-async def publish_outbox(rt: Runtime) -> None:
-    """Publish stored events, then mark them; a crash in between re-publishes (same event ids)."""
+async def publish_outbox(rt: Runtime) -> int:
+    """Publish a batch of stored events, then mark them; a crash in between re-publishes (same event ids)."""
     async with _publish_lock:
         async with rt.sessions() as session:
-            rows = await repository.claim_outbox(session)
+            rows = await repository.claim_outbox(session, OUTBOX_BATCH)
             if not rows:
-                return
+                return 0
             futures = [await send(rt.producer, row["topic"], row["key"], Envelope.from_bytes(row["value"])) for row in rows]
             await asyncio.gather(*futures)
             await repository.mark_published(session, [r["id"] for r in rows])
             await session.commit()
+            return len(rows)
 
 
 async def outbox_sweeper(rt: Runtime) -> None:
-    """Publish anything an earlier crash, a Kafka outage or the CLI left in the outbox."""
+    """Publish stored events in batches as soon as attempts add them; at least once a second for
+    anything an earlier crash, a Kafka outage, the consumer or the CLI left in the outbox."""
     while not rt.stopping.is_set():
         try:
-            await publish_outbox(rt)
+            await asyncio.wait_for(outbox_waiting.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
+            pass
+        outbox_waiting.clear()
+        try:
+            if await publish_outbox(rt) == OUTBOX_BATCH:
+                outbox_waiting.set()  # more are waiting
         except Exception:
             log.warning("outbox publish failed; will retry", exc_info=True)
-        await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)

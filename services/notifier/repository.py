@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import DateTime, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -130,20 +130,25 @@ async def release(session: AsyncSession, delivery_ids: Sequence[UUID]) -> None:
         await session.execute(update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids)).values(leased_until=None))
 
 
-async def record_attempt(
-    session: AsyncSession, *, delivery_id: UUID, attempt: int, started_at: datetime, latency_ms: float,
-    http_status: int | None, error: str | None, excerpt: str | None, state: str, due_at: datetime | None,
-    reason: str | None = None,
-) -> None:
-    await session.execute(attempts.insert().values(
-        delivery_id=delivery_id, attempt=attempt, started_at=started_at, latency_ms=latency_ms,
-        http_status=http_status, error=error, response_excerpt=excerpt,
-    ))
-    finished = state != "pending"
-    await session.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(
-        attempts=attempt, state=state, leased_until=None, reason=reason,
-        due_at=due_at if due_at else deliveries.c.due_at, finished_at=_now() if finished else None,
-    ))
+async def record_attempts(session: AsyncSession, results: list[dict]) -> None:
+    """Record a batch of attempts and each delivery's new state (one round trip per statement)."""
+    if not results:
+        return
+    now = _now()
+    await session.execute(attempts.insert(), [{
+        "delivery_id": r["delivery_id"], "attempt": r["attempt"], "started_at": r["started_at"],
+        "latency_ms": r["latency_ms"], "http_status": r["http_status"], "error": r["error"],
+        "response_excerpt": r["excerpt"],
+    } for r in results])
+    await session.execute(
+        update(deliveries).where(deliveries.c.delivery_id == bindparam("b_id")).values(
+            attempts=bindparam("b_attempt"), state=bindparam("b_state"), leased_until=None, reason=bindparam("b_reason"),
+            due_at=func.coalesce(bindparam("b_due_at", type_=DateTime(timezone=True)), deliveries.c.due_at),
+            finished_at=bindparam("b_finished_at", type_=DateTime(timezone=True)),
+        ),
+        [{"b_id": r["delivery_id"], "b_attempt": r["attempt"], "b_state": r["state"], "b_reason": r["reason"],
+          "b_due_at": r["due_at"], "b_finished_at": None if r["state"] == "pending" else now} for r in results],
+    )
 
 
 def _restart(now: datetime) -> dict:
@@ -171,7 +176,13 @@ async def recover(session: AsyncSession, endpoint: str, since: datetime) -> int:
 
 
 async def add_outbox(session: AsyncSession, *, topic: str, key: str, value: bytes) -> None:
-    await session.execute(outbox.insert().values(topic=topic, key=key, value=value, created_at=_now()))
+    await add_outbox_rows(session, [{"topic": topic, "key": key, "value": value}])
+
+
+async def add_outbox_rows(session: AsyncSession, rows: list[dict]) -> None:
+    if rows:
+        now = _now()
+        await session.execute(outbox.insert(), [{**r, "created_at": now} for r in rows])
 
 
 async def claim_outbox(session: AsyncSession, limit: int = 200) -> list[dict]:

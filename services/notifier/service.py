@@ -19,16 +19,16 @@ from shared.settings import Settings
 SYSTEM_ACTOR = "notifier"
 
 
-async def emit_status(
-    session: AsyncSession, settings: Settings, *, row: dict, state: DeliveryState, attempt: int,
-    http_status: int | None = None, error: str | None = None, latency_ms: float | None = None,
-    next_attempt_at: datetime | None = None,
-) -> None:
-    """Queue a delivery's status event, and for a failure its dead letter too."""
+def status_events(
+    settings: Settings, *, row: dict, state: DeliveryState, attempt: int, http_status: int | None = None,
+    error: str | None = None, latency_ms: float | None = None, next_attempt_at: datetime | None = None,
+) -> list[dict]:
+    """Return the outbox rows of a delivery's status event, and for a failure its dead letter too."""
     event = DeliveryStatus(
         delivery_id=row["delivery_id"], endpoint=row["endpoint"], agency=row["agency"], state=state, attempt=attempt,
         http_status=http_status, error=error, latency_ms=latency_ms, next_attempt_at=next_attempt_at,
     )
+    out = []
     for topic, key, tag in ((topics.DELIVERIES_STATUS, str(row["thread_id"]), "attempt"),
                             (topics.DELIVERIES_DEADLETTER, row["endpoint"], "deadletter")):
         if tag == "deadletter" and state is not DeliveryState.FAILED:
@@ -38,7 +38,13 @@ async def emit_status(
             event_id=derived_id(row["delivery_id"], tag, attempt), traceparent=row.get("traceparent"),
         )
         env.causation_id = row["request_event_id"]
-        await repository.add_outbox(session, topic=settings.topic(topic.name), key=key, value=env.to_bytes())
+        out.append({"topic": settings.topic(topic.name), "key": key, "value": env.to_bytes()})
+    return out
+
+
+async def emit_status(session: AsyncSession, settings: Settings, **status) -> None:
+    """Queue a delivery's status event, and for a failure its dead letter too."""
+    await repository.add_outbox_rows(session, status_events(settings, **status))
 
 
 async def record_action(
