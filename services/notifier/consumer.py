@@ -15,7 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from services.notifier import escalation, repository
 from services.notifier.delivery import Deliverer
 from services.notifier.service import emit_status
-from shared.events import AlertAcknowledged, DeliveryRequested, DeliveryState, Envelope, EventType, ViewProfile
+from shared.events import AlertAcknowledged, DeliveryRequested, DeliveryState, Envelope, P, ViewProfile
 from shared.observability import EVENTS_HANDLED
 from shared.service import Runtime
 from shared.settings import Settings
@@ -54,6 +54,21 @@ def refusal(settings: Settings, req: DeliveryRequested, known: set[str]) -> str 
     return None
 
 
+def decoded(records: Sequence[ConsumerRecord], model: type[P]) -> list[tuple[Envelope, P]]:
+    """Return the records that are `model` events; anything else is logged and skipped, never retried
+    forever (one undecodable record must not stop every endpoint's deliveries)."""
+    found = []
+    for record in records:
+        try:
+            env = Envelope.from_bytes(record.value)
+            found.append((env, env.payload_as(model)))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            log.error("skipping a record that is not a valid event", extra={
+                "topic": record.topic, "partition": record.partition, "offset": record.offset, "error": str(exc)[:300]})
+            EVENTS_HANDLED.labels("notifier", "undecodable").inc()
+    return found
+
+
 class DeliveryIntake:
     def __init__(self, runtime: Runtime, deliverer: Deliverer) -> None:
         self.rt, self.deliverer = runtime, deliverer
@@ -78,8 +93,10 @@ class DeliveryIntake:
         return watches
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        envs = [Envelope.from_bytes(record.value) for record in records]
-        reqs = [env.payload_as(DeliveryRequested) for env in envs]
+        parsed = decoded(records, DeliveryRequested)
+        envs, reqs = [env for env, _ in parsed], [req for _, req in parsed]
+        if not reqs:
+            return
         async with self.rt.sessions() as session:
             known = await repository.known_endpoints(session, {r.endpoint for r in reqs})
             rows = []
@@ -110,12 +127,10 @@ class AckIntake:
         self.rt = runtime
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        acks = {}
-        for record in records:
-            env = Envelope.from_bytes(record.value)
-            if env.type is EventType.ALERT_ACKNOWLEDGED and env.alert_id:
-                ack = env.payload_as(AlertAcknowledged)
-                acks[(env.alert_id, ack.agency)] = {"alert_id": env.alert_id, "agency": ack.agency}
+        acks = {
+            (env.alert_id, ack.agency): {"alert_id": env.alert_id, "agency": ack.agency}
+            for env, ack in decoded(records, AlertAcknowledged) if env.alert_id
+        }
         async with self.rt.sessions() as session:
             await repository.record_acks(session, list(acks.values()))
             await session.commit()
