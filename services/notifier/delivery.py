@@ -133,13 +133,16 @@ class Deliverer:
         return took
 
     async def _deliver_all(self, endpoint: str, rows: list[dict], state: dict) -> None:
-        done = 0
+        """Send an endpoint's claimed deliveries in order; their records are committed in the
+        background, and the endpoint is only claimed again once all of them are durable."""
+        done, recorded = 0, []
         try:
             for row in rows:
                 if not self._may_attempt(endpoint):
                     break
-                await self._attempt(row, state["secrets"])
+                recorded.append(await self._attempt(row, state["secrets"]))
                 done += 1
+            await asyncio.gather(*recorded)
             if done < len(rows):  # circuit opened or rate limit reached: hand the rest back untouched
                 async with self.rt.sessions() as session:
                     await repository.release(session, [r["delivery_id"] for r in rows[done:]])
@@ -159,7 +162,8 @@ class Deliverer:
             return await channels.send_email(self.rt.settings, row, body, headers), None
         return await channels.post_webhook(self.http, row["url"], body, headers)
 
-    async def _attempt(self, row: dict, secrets: list[str]) -> None:
+    async def _attempt(self, row: dict, secrets: list[str]) -> asyncio.Future:
+        """Make one attempt; return the future of its record becoming durable."""
         log_context.set({"alert_id": str(row["alert_id"]), "delivery_id": str(row["delivery_id"])})
         attempt = row["attempts"] + 1
         started = datetime.now(timezone.utc)
@@ -172,7 +176,7 @@ class Deliverer:
             self.circuits.get(row["endpoint"], Circuit()), verdict.state == "delivered", self.clock(),
             self.rt.settings.circuit_failure_threshold,
         )
-        await self.attempt_log.record({
+        recorded = self.attempt_log.submit({
             "row": row, "delivery_id": row["delivery_id"], "attempt": attempt, "started_at": started,
             "latency_ms": latency_ms, "http_status": outcome.status, "error": outcome.error, "excerpt": excerpt,
             "state": verdict.state, "due_at": verdict.due_at, "reason": verdict.reason,
@@ -180,23 +184,24 @@ class Deliverer:
         })
         log.info("delivery attempt", extra={"endpoint": row["endpoint"], "attempt": attempt, "state": verdict.state,
                                             "http_status": outcome.status, "reason": verdict.reason})
+        return recorded
 
 
 class AttemptLog:
     """Group commit: the attempts of every endpoint's worker are recorded together, one
     transaction per batch, with their status events and any endpoint disabled by a 410.
 
-    `record` returns once its attempt is durable, so a worker never runs ahead of its record.
+    `submit` returns a future that completes once the attempt is durable.
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.queue: asyncio.Queue[tuple[dict, asyncio.Future]] = asyncio.Queue()
 
-    async def record(self, result: dict) -> None:
+    def submit(self, result: dict) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((result, done))
-        await done
+        return done
 
     async def run(self) -> None:
         """Write batches until cancelled; a failed batch fails its workers (their leases then expire)."""
