@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.gateway.api import install_errors, router
 from services.gateway.consumer import TOPICS, StatusView
 from services.gateway.limits import BodyLimit
+from shared import db
 from shared.alerts import Alert
 from shared.auth import ensure_signing_key
 from shared.service import Runtime
@@ -21,6 +23,10 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     settings = settings or get_settings()
     ensure_signing_key(settings)
     rt = Runtime("gateway", settings.gateway_port, settings)
+    # Every request touches the database 2–3 times: a wider pool, and no pre-ping round trip per checkout
+    # (a dead connection fails that one request, which the client retries safely with its Idempotency-Key).
+    rt.engine = create_async_engine(db.service_url(settings, "gateway"), pool_size=30, max_overflow=10, pool_recycle=300)
+    rt.sessions = db.make_sessionmaker(rt.engine)
     # Kafka itself gives up on a record at the accept deadline: a 503 is never followed by the alert landing.
     rt.producer_timeout_ms = int(settings.accept_timeout_seconds * 1000)
     rt.consume("gateway-status", TOPICS, StatusView(rt))

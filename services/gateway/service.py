@@ -20,6 +20,7 @@ from uuid import UUID
 import orjson
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway import repository
 from services.gateway.schemas import AlertStatus
@@ -168,7 +169,8 @@ async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | No
 
 # --- idempotent production ----------------------------------------------------------------------
 
-Action = Callable[[UUID], Awaitable[tuple[int, dict]]]
+Record = Callable[[AsyncSession], Awaitable[None]]
+Action = Callable[[UUID], Awaitable[tuple[int, dict, Record]]]
 
 
 async def idempotent(rt: Runtime, caller: Caller, key: str | None, fingerprint: str, mint: Callable[[], UUID], action: Action) -> tuple[int, dict]:
@@ -176,9 +178,12 @@ async def idempotent(rt: Runtime, caller: Caller, key: str | None, fingerprint: 
 
     The key is reserved (committed) before anything is produced, with the id the action will
     use; a retry after a crash or a 503 re-uses that id, so downstream dedupe absorbs the repeat.
+    The action's own status row and the key's answer are written in one transaction.
     """
     if key is None:
-        return await action(mint())
+        code, body, record = await action(mint())
+        await _settle(rt, record)
+        return code, body
     if not 1 <= len(key) <= 200:
         raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
     stale = timedelta(seconds=rt.settings.accept_timeout_seconds * 3 + 5)
@@ -197,16 +202,33 @@ async def idempotent(rt: Runtime, caller: Caller, key: str | None, fingerprint: 
             the_id = row["alert_id"]
         await session.commit()
     try:
-        code, body = await action(the_id)
+        code, body, record = await action(the_id)
     except BaseException:
         async with rt.sessions() as session:
             await repository.finish_key(session, agency=caller.agency, key=key, state="failed", status_code=None, response=None)
             await session.commit()
         raise
-    async with rt.sessions() as session:
+
+    async def done(session: AsyncSession) -> None:
         await repository.finish_key(session, agency=caller.agency, key=key, state="done", status_code=code, response=body)
-        await session.commit()
+
+    await _settle(rt, record, done)
     return code, body
+
+
+async def _settle(rt: Runtime, *writes: Record) -> None:
+    """Write what an accepted request leaves in the status view, after Kafka has it.
+
+    The status consumer writes the same rows from the event, so a failure here only delays them;
+    an unfinished key is taken over by the client's retry with the same id.
+    """
+    try:
+        async with rt.sessions() as session:
+            for write in writes:
+                await write(session)
+            await session.commit()
+    except Exception:
+        log.warning("status rows deferred to the consumer", exc_info=True)
 
 
 async def produce(rt: Runtime, topic: str, key: UUID, env: Envelope) -> None:
@@ -258,26 +280,24 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, idempotency_ke
         "sender": sub.cap.sender, "identifier": sub.cap.identifier, "sent": format_time(sub.cap.sent), "signed": sub.cap.signed,
     }
 
-    async def accept(alert_id: UUID) -> tuple[int, dict]:
+    async def accept(alert_id: UUID) -> tuple[int, dict, Record]:
         thread_id = thread or alert_id
         env = _wrap(rt, AlertSubmitted(alert=sub.alert, submitted_by=caller.key_id), alert_id=alert_id, thread_id=thread_id,
                     event_id=derived_id(alert_id, "submitted"), traceparent=traceparent)
         await produce(rt, topics.ALERTS_SUBMITTED.name, thread_id, env)
-        # The status consumer records it too; doing it now lets an immediate GET find it.
-        try:
-            async with rt.sessions() as session:
-                await repository.record_alert(
-                    session, alert_id=alert_id, thread_id=thread_id, sender_agency=sub.alert.sender_agency,
-                    submitted_by=caller.key_id, received_at=env.occurred_at, alert=sub.alert.model_dump(mode="json"),
-                    cap=cap, cap_original=sub.raw if sub.cap else None,
-                )
-                await session.commit()
-        except Exception:
-            log.warning("status row deferred to the consumer", exc_info=True)
+
+        async def record(session: AsyncSession) -> None:
+            # The status consumer records it too; doing it now lets an immediate GET find it.
+            await repository.record_alert(
+                session, alert_id=alert_id, thread_id=thread_id, sender_agency=sub.alert.sender_agency,
+                submitted_by=caller.key_id, received_at=env.occurred_at, alert=sub.alert.model_dump(mode="json"),
+                cap=cap, cap_original=sub.raw if sub.cap else None,
+            )
+
         body = {"id": str(alert_id), "thread_id": str(thread_id), "status_url": f"{rt.settings.public_base_url}/v1/alerts/{alert_id}"}
         if cap:
             body["cap"] = cap
-        return 202, body
+        return 202, body, record
 
     return await idempotent(rt, caller, key, request_hash("POST", "/v1/alerts", sub.raw), mint, accept)
 
@@ -307,15 +327,12 @@ async def acknowledge(
     unit = _recipient_unit(found, unit, caller)
     thread_id = found.row["thread_id"]
 
-    async def act(event_id: UUID) -> tuple[int, dict]:
+    async def act(event_id: UUID) -> tuple[int, dict, Record]:
         payload = AlertAcknowledged(agency=caller.agency, unit=unit, status=status, comment=comment, acknowledged_by=caller.key_id)
         env = _wrap(rt, payload, alert_id=alert_id, thread_id=thread_id, event_id=event_id, traceparent=traceparent)
         await produce(rt, topics.ALERTS_ACKNOWLEDGED.name, thread_id, env)
-        async with rt.sessions() as session:
-            await repository.record_ack(session, alert_id, payload, env.occurred_at)
-            await session.commit()
         return 202, {"alert_id": str(alert_id), "event_id": str(event_id), "status": status.value,
-                     "acknowledged_at": env.occurred_at.isoformat()}
+                     "acknowledged_at": env.occurred_at.isoformat()}, lambda s: repository.record_ack(s, alert_id, payload, env.occurred_at)
 
     fingerprint = request_hash("POST", f"/v1/alerts/{alert_id}/ack", raw)
     return await idempotent(rt, caller, idempotency_key, fingerprint, new_id, act)
@@ -330,17 +347,15 @@ async def forward(
     unit = _recipient_unit(found, unit, caller)
     thread_id = found.row["thread_id"]
 
-    async def act(forward_id: UUID) -> tuple[int, dict]:
+    async def act(forward_id: UUID) -> tuple[int, dict, Record]:
         payload = AlertForwarded(forward_id=forward_id, agency=caller.agency, unit=unit, to=to, comment=comment,
                                  forwarded_by=caller.key_id)
         env = _wrap(rt, payload, alert_id=alert_id, thread_id=thread_id, event_id=derived_id(forward_id, "forwarded"),
                     traceparent=traceparent)
         await produce(rt, topics.ALERTS_SUBMITTED.name, thread_id, env)
-        async with rt.sessions() as session:
-            await repository.record_forward(session, alert_id, payload, env.occurred_at)
-            await session.commit()
         return 202, {"alert_id": str(alert_id), "forward_id": str(forward_id), "to": to,
-                     "status_url": f"{rt.settings.public_base_url}/v1/alerts/{alert_id}"}
+                     "status_url": f"{rt.settings.public_base_url}/v1/alerts/{alert_id}"}, \
+            lambda s: repository.record_forward(s, alert_id, payload, env.occurred_at)
 
     fingerprint = request_hash("POST", f"/v1/alerts/{alert_id}/forward", raw)
     return await idempotent(rt, caller, idempotency_key, fingerprint, new_id, act)
