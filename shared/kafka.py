@@ -7,11 +7,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
 
 from shared.events import Envelope
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+REJECTED = Counter("blonet_events_rejected_total", "Records a consumer could not use and skipped", ["group", "topic"])
 
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
 
@@ -61,8 +63,10 @@ class EventConsumer:
     """Consume batches per partition, hand each to `handler`, then commit explicit offsets.
 
     The handler must make its effects durable before returning (DB commit, produce acked):
-    only then is `{tp: last.offset + 1}` committed, so a crash replays, never skips. A failing
-    handler is retried from the first record of its batch after a pause.
+    only then is `{tp: last.offset + 1}` committed, so a crash replays, never skips. A handler
+    failing for a transient reason is retried from the first record of its batch after a pause;
+    a record it refuses as invalid (ValueError, e.g. a pydantic ValidationError) is isolated,
+    logged and skipped, so one poison record never blocks a partition.
     """
 
     def __init__(
@@ -117,8 +121,27 @@ class EventConsumer:
                 await self.handler(records)
                 self._done[tp] = records[-1].offset + 1
                 return
-            except Exception:
+            except ValueError:  # bad bytes or a broken contract: retrying cannot help
+                if len(records) > 1:  # find the poison record: the others are handled one by one
+                    for record in records:
+                        await self._handle(tp, [record])
+                    return
+                self._reject(tp, records[0])
+                return
+            except Exception:  # database or broker trouble: retry the batch once it may be over
                 log.exception("handler failed; retrying batch", extra={"group": self.group, "topic": tp.topic})
                 if self._stopping.is_set():
                     raise
                 await asyncio.sleep(1.0)
+
+    def _reject(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        """Skip a record no handler can use, loudly: it must never block its partition.
+
+        The audit service keeps every record of every topic, rejected ones included.
+        """
+        log.error("record rejected", exc_info=True, extra={
+            "group": self.group, "topic": tp.topic, "partition": tp.partition, "offset": record.offset,
+            "value_excerpt": (record.value or b"")[:200].decode("utf-8", "replace"),
+        })
+        REJECTED.labels(self.group, tp.topic).inc()
+        self._done[tp] = record.offset + 1

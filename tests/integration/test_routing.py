@@ -86,7 +86,11 @@ async def rules_events(settings) -> list[RulesChanged]:
         out = []
         while await consumer.position(tp) < end:
             for records in (await consumer.getmany(timeout_ms=500)).values():
-                out += [Envelope.from_bytes(r.value).payload_as(RulesChanged) for r in records]
+                for r in records:
+                    try:  # other tests put garbage on every topic to prove it is skipped
+                        out.append(Envelope.from_bytes(r.value).payload_as(RulesChanged))
+                    except ValueError:
+                        continue
         return out
     finally:
         await consumer.stop()
