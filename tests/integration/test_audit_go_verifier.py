@@ -17,7 +17,7 @@ from services.audit import keys
 from services.audit.note import open_checkpoint
 from shared import topics
 from shared.settings import REPO
-from tests.integration.test_audit_service import auditor, produce_raw, run_cli  # noqa: F401 (fixture)
+from tests.integration.test_audit_service import alone, auditor, produce_raw, run_cli  # noqa: F401 (fixtures)
 from tests.unit.test_audit_entry import submitted_record
 
 pytestmark = pytest.mark.stack
@@ -49,9 +49,9 @@ async def run_go(binary: Path, *args: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
-async def test_go_verifies_the_export_checkpoints_and_proofs(settings, auditor, verifier, tmp_path):  # noqa: F811
-    vkey = keys.load_signing_key(settings).verifier
-    await produce_raw(settings, topics.ALERTS_SUBMITTED.name, *(submitted_record() for _ in range(5)))
+async def test_go_verifies_the_export_checkpoints_and_proofs(alone, auditor, verifier, tmp_path):  # noqa: F811
+    vkey = keys.load_signing_key(alone).verifier
+    await produce_raw(alone, topics.ALERTS_SUBMITTED.name, *(submitted_record() for _ in range(5)))
     await auditor.wait_for("/v1/search", lambda b: len(b["entries"]) >= 5, type="alert.submitted")
     old = open_checkpoint(await auditor.sign(), vkey)
     cp = open_checkpoint(await auditor.sign(), vkey)

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import sys
-from pathlib import Path
 from uuid import UUID
 
 import aiohttp
@@ -18,11 +17,16 @@ from services.audit.note import open_checkpoint
 from shared import topics
 from shared.auth import Principal, Role, issue_token
 from shared.kafka import make_producer
-from shared.settings import Settings
+from shared.settings import REPO, Settings
+from tests.conftest import port
+from tests.integration.conftest import start_service, wait_ready
+from tests.integration.test_audit_log import drop_database, own_database
 from tests.unit.test_audit_entry import submitted_record
 
 pytestmark = pytest.mark.stack
-BLONET = str(Path(sys.executable).parent / "blonet")
+PORT = port(151)
+# `blonet` run from this checkout (cwd first on sys.path), whatever an editable install points at.
+BLONET = [sys.executable, "-c", "import sys; from services.cli import app; sys.argv[0] = 'blonet'; app()"]
 
 
 def token(settings: Settings, *roles: Role, agency: str = "unodc") -> str:
@@ -55,10 +59,26 @@ class Auditor:
         raise AssertionError(f"gave up waiting for {path} {params}")
 
 
+@pytest.fixture(scope="session")
+async def alone(settings, tmp_path_factory):
+    """An audit service with topics, database and process of its own: the bad records these tests
+    produce reach no other service's consumer."""
+    s = await own_database(settings.model_copy(update={"topic_prefix": settings.topic_prefix + "alone."}), "alone")
+    await topics.create_topics(s)
+    proc = start_service("audit", tmp_path_factory.mktemp("alone"), {
+        "BLONET_PG_DATABASE": s.pg_database, "BLONET_AUDIT_PORT": str(PORT), "BLONET_TOPIC_PREFIX": s.topic_prefix})
+    try:
+        await wait_ready(PORT, proc)
+        yield s
+    finally:
+        proc.stop()
+        await drop_database(s)
+
+
 @pytest.fixture
-async def auditor(settings, services):
+async def auditor(alone):
     async with aiohttp.ClientSession() as http:
-        yield Auditor(http, f"http://127.0.0.1:{settings.audit_port}", token(settings, Role.AUDITOR))
+        yield Auditor(http, f"http://127.0.0.1:{PORT}", token(alone, Role.AUDITOR))
 
 
 async def produce_raw(settings: Settings, topic: str, *values: bytes) -> None:
@@ -72,36 +92,36 @@ async def produce_raw(settings: Settings, topic: str, *values: bytes) -> None:
 
 
 async def run_cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(BLONET, "audit", *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(*BLONET, "audit", *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT, cwd=REPO)
     out, _ = await proc.communicate()
     return proc.returncode, out.decode()
 
 
-async def test_a_malformed_record_is_logged_as_rejected_and_the_consumer_goes_on(settings, auditor):
+async def test_a_malformed_record_is_logged_as_rejected_and_the_consumer_goes_on(alone, auditor):
     good = submitted_record()
     alert_id = UUID(json.loads(good)["alert_id"])
-    await produce_raw(settings, topics.ALERTS_ROUTED.name, b'{"event_id": "not-a-uuid", "type":', good)
+    await produce_raw(alone, topics.ALERTS_ROUTED.name, b'{"event_id": "not-a-uuid", "type":', good)
     found = await auditor.wait_for("/v1/search", lambda b: b["entries"], type="audit.rejected")
     rejected = [e for e in found["entries"] if base64.b64decode(e["payload"]["body"]).startswith(b'{"event_id": "not-a')]
     assert rejected and "json" in rejected[0]["fields"]["reason"].lower()
-    assert rejected[0]["fields"]["source"]["topic"] == settings.topic(topics.ALERTS_ROUTED.name)
+    assert rejected[0]["fields"]["source"]["topic"] == alone.topic(topics.ALERTS_ROUTED.name)
     trail = await auditor.wait_for(f"/v1/trail/{alert_id}", lambda b: b["entries"])
     assert trail["entries"][0]["type"] == "alert.submitted", "the record after the bad one was logged too"
 
 
-async def test_every_topic_of_the_catalogue_is_consumed(settings, auditor):
+async def test_every_topic_of_the_catalogue_is_consumed(alone, auditor):
     for topic in topics.CATALOGUE:
-        await produce_raw(settings, topic.name, f"probe {topic.name}".encode())
+        await produce_raw(alone, topic.name, f"probe {topic.name}".encode())
     found = await auditor.wait_for("/v1/search", lambda b: len({e["fields"]["source"]["topic"] for e in b["entries"]
                                                                if e["payload"]["body"].startswith("cHJvYmUg")})
                                    == len(topics.CATALOGUE), type="audit.rejected", limit=1000)
     assert found
 
 
-async def test_proofs_from_the_api_verify_against_the_signed_checkpoint(settings, auditor):
-    vkey = keys.load_signing_key(settings).verifier
-    await produce_raw(settings, topics.ALERTS_SUBMITTED.name, submitted_record(), submitted_record())
+async def test_proofs_from_the_api_verify_against_the_signed_checkpoint(alone, auditor):
+    vkey = keys.load_signing_key(alone).verifier
+    await produce_raw(alone, topics.ALERTS_SUBMITTED.name, submitted_record(), submitted_record())
     await auditor.wait_for("/v1/search", lambda b: b["entries"], type="alert.submitted")
     old = open_checkpoint(await auditor.sign(), vkey)
     note = await auditor.sign()  # the signing request itself was logged: the log grew
@@ -120,8 +140,8 @@ async def test_proofs_from_the_api_verify_against_the_signed_checkpoint(settings
     assert verify_consistency(old.size, cp.size, old.root, cp.root, [base64.b64decode(h) for h in proof["hashes"]])
 
 
-async def test_bad_requests_are_refused_with_the_reason(settings, auditor):
-    size = open_checkpoint(await auditor.get("/v1/checkpoint"), keys.load_signing_key(settings).verifier).size
+async def test_bad_requests_are_refused_with_the_reason(alone, auditor):
+    size = open_checkpoint(await auditor.get("/v1/checkpoint"), keys.load_signing_key(alone).verifier).size
     for path, params, words in [
         ("/v1/proofs/inclusion", {"index": size}, f"index {size} is outside the tree of {size} entries"),
         ("/v1/proofs/inclusion", {"index": 0, "tree_size": size + 10**6}, "beyond the latest checkpoint"),
@@ -137,11 +157,11 @@ async def test_bad_requests_are_refused_with_the_reason(settings, auditor):
     async with auditor.http.get(f"{auditor.base}/v1/checkpoint") as r:
         assert r.status == 401
     async with auditor.http.get(f"{auditor.base}/v1/checkpoint",
-                                headers={"Authorization": f"Bearer {token(settings, Role.SUBMIT)}"}) as r:
+                                headers={"Authorization": f"Bearer {token(alone, Role.SUBMIT)}"}) as r:
         assert r.status == 403 and "needs role auditor" in await r.text()
 
 
-async def test_every_auditor_query_is_itself_logged(settings, auditor):
+async def test_every_auditor_query_is_itself_logged(alone, auditor):
     marker = "marker-" + base64.b32encode(os.urandom(5)).decode()
     await auditor.get("/v1/search", agency=marker)
     found = await auditor.get("/v1/search", type="audit.access", agency="unodc", limit=1000)
@@ -149,19 +169,19 @@ async def test_every_auditor_query_is_itself_logged(settings, auditor):
     assert {"method": "GET", "path": "/v1/search", "query": f"agency={marker}"} in queries
 
 
-async def test_search_by_agency_type_and_time(settings, auditor):
-    await produce_raw(settings, topics.ALERTS_SUBMITTED.name, submitted_record())
+async def test_search_by_agency_type_and_time(alone, auditor):
+    await produce_raw(alone, topics.ALERTS_SUBMITTED.name, submitted_record())
     found = await auditor.wait_for("/v1/search", lambda b: b["entries"], agency="kg-sbs", type="alert.submitted",
                                    since="2000-01-01T00:00:00Z")
     assert all("kg-sbs" in e["fields"]["agencies"] and e["type"] == "alert.submitted" for e in found["entries"])
     assert (await auditor.get("/v1/search", agency="kg-sbs", until="2000-01-01T00:00:00Z"))["entries"] == []
 
 
-async def test_blonet_audit_verify_export_and_trail(settings, auditor, tmp_path):
-    vkey = str(keys.load_signing_key(settings).verifier)
+async def test_blonet_audit_verify_export_and_trail(alone, auditor, tmp_path):
+    vkey = str(keys.load_signing_key(alone).verifier)
     raw = submitted_record()
     alert_id = json.loads(raw)["alert_id"]
-    await produce_raw(settings, topics.ALERTS_SUBMITTED.name, raw)
+    await produce_raw(alone, topics.ALERTS_SUBMITTED.name, raw)
     await auditor.wait_for(f"/v1/trail/{alert_id}", lambda b: b["entries"])
     saved = tmp_path / "saved.checkpoint"
     base = ["--url", auditor.base, "--token", auditor.headers["Authorization"].split()[1], "--key", vkey]
