@@ -77,6 +77,7 @@ class Deliverer:
     async def _run(self, timeout: aiohttp.ClientTimeout, connector: aiohttp.TCPConnector) -> None:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as self.http:
             while not self.rt.stopping.is_set():
+                self.wake.clear()  # before claiming: a wake-up during the claim must not be lost
                 if len(self._busy) < MAX_ENDPOINTS_IN_FLIGHT:
                     claimed = await self._claim()
                     for endpoint, (rows, state) in claimed.items():
@@ -86,7 +87,6 @@ class Deliverer:
                         task.add_done_callback(self._tasks.discard)
                     if claimed:
                         continue
-                self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=0.2)  # retries fall due by time
                 except asyncio.TimeoutError:
