@@ -302,20 +302,16 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, idempotency_ke
     return await idempotent(rt, caller, key, request_hash("POST", "/v1/alerts", sub.raw), mint, accept)
 
 
-def _recipient_unit(found: Visible, unit: str | None, caller: Caller) -> str | None:
-    units = {r["unit"] for r in found.mine}
-    if unit is not None and unit not in units:
-        raise ApiError(422, "unknown_unit", f"{caller.agency} did not receive this alert as unit {unit}")
-    return unit
-
-
-async def _recipient(rt: Runtime, caller: Caller, alert_id: UUID, act: str) -> Visible:
+async def _as_recipient(rt: Runtime, caller: Caller, alert_id: UUID, act: str, unit: str | None) -> tuple[str | None, UUID]:
+    """Check the caller may `act` on the alert as one of its recipients; return (unit, thread id)."""
     if not caller.has(Role.RECEIVE):
         raise ApiError(403, "forbidden", f"this key may not {act} alerts (needs role receive)")
     found = await visible_or_404(rt, caller, alert_id)
     if found.relation != "recipient":
         raise ApiError(403, "not_recipient", f"only a recipient of alert {alert_id} may {act} it")
-    return found
+    if unit is not None and unit not in {r["unit"] for r in found.mine}:
+        raise ApiError(422, "unknown_unit", f"{caller.agency} did not receive this alert as unit {unit}")
+    return unit, found.row["thread_id"]
 
 
 async def acknowledge(
@@ -323,9 +319,7 @@ async def acknowledge(
     raw: bytes, idempotency_key: str | None, traceparent: str | None,
 ) -> tuple[int, dict]:
     """Record a recipient's acknowledgement as an alert.acknowledged event."""
-    found = await _recipient(rt, caller, alert_id, "acknowledge")
-    unit = _recipient_unit(found, unit, caller)
-    thread_id = found.row["thread_id"]
+    unit, thread_id = await _as_recipient(rt, caller, alert_id, "acknowledge", unit)
 
     async def act(event_id: UUID) -> tuple[int, dict, Record]:
         payload = AlertAcknowledged(agency=caller.agency, unit=unit, status=status, comment=comment, acknowledged_by=caller.key_id)
@@ -343,9 +337,7 @@ async def forward(
     raw: bytes, idempotency_key: str | None, traceparent: str | None,
 ) -> tuple[int, dict]:
     """Pass an alert on to named units or agencies, as an alert.forwarded event routing decides on."""
-    found = await _recipient(rt, caller, alert_id, "forward")
-    unit = _recipient_unit(found, unit, caller)
-    thread_id = found.row["thread_id"]
+    unit, thread_id = await _as_recipient(rt, caller, alert_id, "forward", unit)
 
     async def act(forward_id: UUID) -> tuple[int, dict, Record]:
         payload = AlertForwarded(forward_id=forward_id, agency=caller.agency, unit=unit, to=to, comment=comment,

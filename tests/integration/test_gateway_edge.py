@@ -21,6 +21,7 @@ from shared.cap import schema
 from shared.events import AlertAcknowledged, AlertForwarded, Envelope, EventType
 from tests.conftest import RUN, port
 from tests.integration.conftest import in_session, make_key, start_service, wait_ready
+from tests.integration.test_end_to_end import poll
 
 pytestmark = pytest.mark.stack
 STRICT = port(300)
@@ -235,16 +236,6 @@ async def test_revocation_and_rotation_take_effect_at_once(settings, strict):
         assert await in_session(settings, "gateway", lambda s: repository.revoke_key(s, new_id))
         async with http.get(f"{strict}/v1/alerts", headers=auth(new_key)) as r:
             assert r.status == 401
-
-
-async def poll(fetch, done, timeout=30.0):
-    value = None
-    for _ in range(int(timeout / 0.1)):
-        value = await fetch()
-        if done(value):
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"gave up waiting; last value: {value}")
 
 
 async def test_recipient_sees_its_view_acknowledges_and_forwards(settings, services):

@@ -10,7 +10,8 @@ import pytest
 from shared.auth import Role
 from shared.settings import REPO
 from tests.integration.conftest import make_key
-from tests.integration.test_gateway_edge import FUTURE, auth, poll
+from tests.integration.test_end_to_end import poll
+from tests.integration.test_gateway_edge import FUTURE, auth
 
 pytestmark = pytest.mark.stack
 ROLES = (Role.SUBMIT, Role.RECEIVE, Role.OPERATOR, Role.AUDITOR)
