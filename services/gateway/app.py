@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from services.gateway import service
 from services.gateway.api import install_errors, router
 from services.gateway.consumer import TOPICS, StatusView
 from services.gateway.limits import BodyLimit
@@ -30,6 +31,11 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     # Kafka itself gives up on a record at the accept deadline: a 503 is never followed by the alert landing.
     rt.producer_timeout_ms = int(settings.accept_timeout_seconds * 1000)
     rt.consume("gateway-status", TOPICS, StatusView(rt))
+
+    async def purge_idempotency_keys() -> None:
+        await service.purge_idempotency_keys(rt)
+
+    rt.workers.append(purge_idempotency_keys)
     app = rt.app(description=DESCRIPTION, version="1.0.0")
     app.include_router(router(rt))
     install_errors(app)

@@ -486,3 +486,21 @@ async def rotate_key(session, key_id: str) -> tuple[str, str] | None:
                              key_hash=hash_api_key(key), label=old["label"], posts=old["posts"])
     await repository.revoke_key(session, key_id, replaced_by=new_id_)
     return new_id_, key
+
+
+async def purge_idempotency_keys(rt: Runtime, every_seconds: float = 3600) -> None:
+    """Forget finished Idempotency-Keys older than the retention (at least 24 h), once an hour."""
+    keep = timedelta(hours=max(24, rt.settings.idempotency_ttl_hours))
+    while not rt.stopping.is_set():
+        try:
+            async with rt.sessions() as session:
+                purged = await repository.purge_keys(session, datetime.now(timezone.utc) - keep)
+                await session.commit()
+            if purged:
+                log.info("idempotency keys purged", extra={"count": purged})
+        except Exception:
+            log.warning("idempotency key purge failed; next try in an hour", exc_info=True)
+        try:
+            await asyncio.wait_for(rt.stopping.wait(), every_seconds)
+        except asyncio.TimeoutError:
+            pass

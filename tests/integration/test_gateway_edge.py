@@ -311,3 +311,18 @@ async def test_events_stream_the_status(settings, strict):
             text = (await r.read()).decode()
     events = [block for block in text.split("\n\n") if "event: status" in block]
     assert events and orjson.loads(events[0].split("data: ", 1)[1])["id"] == alert_id
+
+
+async def test_finished_idempotency_keys_are_purged_after_the_retention(settings):
+    from datetime import datetime, timedelta, timezone
+
+    from services.gateway.models import idempotency_keys
+
+    old = datetime.now(timezone.utc) - timedelta(hours=49)
+    for key, state_ in (("purge-old-done", "done"), ("purge-old-in-flight", "in_flight")):
+        await in_session(settings, "gateway", lambda s, k=key, st=state_: s.execute(idempotency_keys.insert().values(
+            agency="purge-test", key=k, request_hash="x", alert_id=uuid4(), state=st, created_at=old, updated_at=old)))
+    await in_session(settings, "gateway", lambda s: repository.purge_keys(s, datetime.now(timezone.utc) - timedelta(hours=48)))
+    left = await in_session(settings, "gateway", lambda s: s.scalars(
+        idempotency_keys.select().with_only_columns(idempotency_keys.c.key).where(idempotency_keys.c.agency == "purge-test")))
+    assert list(left) == ["purge-old-in-flight"], "only finished keys are forgotten"
