@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from demo.scenario import SCENARIO
 from services.audit import entry, keys, repository, service
-from services.audit.client import read_export, write_export
+from services.audit.client import export_head, read_export
 from services.audit.note import SignerKey
 from services.audit.verify import verify_log
 from shared import db
@@ -209,17 +209,19 @@ async def bench_http(settings: Settings, size: int, samples: int) -> dict:
     return percentiles(latencies)
 
 
-async def export_log(settings: Settings, out: Path) -> int:
+async def export_log(settings: Settings, out: Path) -> None:
+    """Write the export format of `blonet audit export`, streamed from the database."""
     engine = db.make_engine(settings, "audit", pool_size=1)
     try:
         async with db.make_sessionmaker(engine)() as session:
             notes = [c["note"] for c in await repository.checkpoint_list(session, -1, 1000)]
             size = (await repository.latest_checkpoint(session))["tree_size"]
-            chunks = [[e for _, e in await repository.entry_bytes(session, s, min(s + 20_000, size))]
-                      for s in range(0, size, 20_000)]
+            with out.open("wb") as f:
+                f.write(export_head("bench/audit", notes, size))
+                for start in range(0, size, 20_000):
+                    f.writelines(e + b"\n" for _, e in await repository.entry_bytes(session, start, min(start + 20_000, size)))
     finally:
         await engine.dispose()
-    return write_export(out, "bench", notes, size, (e for chunk in chunks for e in chunk))
 
 
 def bench_verify(settings: Settings, export: Path) -> dict:

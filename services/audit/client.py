@@ -60,14 +60,17 @@ class AuditClient:
                 yield base64.b64decode(item["entry"])
 
 
+def export_head(origin: str, notes: list[str], size: int) -> bytes:
+    """Return an export's first lines: the header and the signed checkpoints."""
+    header = {"format": EXPORT_FORMAT, "version": 1, "origin": origin, "tree_size": size, "checkpoints": len(notes)}
+    return b"".join(json.dumps(x).encode() + b"\n" for x in (header, *notes))
+
+
 def write_export(out: Path, origin: str, notes: list[str], size: int, entries: Iterator[bytes]) -> int:
     """Write an export of `size` entries; return how many were written."""
     count = 0
     with out.open("wb") as f:
-        header = {"format": EXPORT_FORMAT, "version": 1, "origin": origin, "tree_size": size, "checkpoints": len(notes)}
-        f.write(json.dumps(header).encode() + b"\n")
-        for note in notes:
-            f.write(json.dumps(note).encode() + b"\n")
+        f.write(export_head(origin, notes, size))
         for data in entries:
             f.write(data + b"\n")
             count += 1

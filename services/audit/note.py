@@ -29,8 +29,16 @@ class NoteError(ValueError):
     """A key, note or checkpoint is malformed, or its signature does not verify."""
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 note can hold it
+        return False
+
+
 def _valid_name(name: str) -> bool:
-    return bool(name) and "+" not in name and not any(c.isspace() for c in name)
+    return bool(name) and "+" not in name and not any(c.isspace() for c in name) and _utf8(name)
 
 
 def key_id(name: str, public_key: bytes) -> bytes:
@@ -115,8 +123,8 @@ class SignerKey:
 
 
 def _check_text(text: str) -> None:
-    if not text.endswith("\n") or any(ord(c) < 0x20 and c != "\n" for c in text):
-        raise NoteError("note text must end with a newline and hold no control characters")
+    if not text.endswith("\n") or any(ord(c) < 0x20 and c != "\n" for c in text) or not _utf8(text):
+        raise NoteError("note text must be UTF-8, end with a newline and hold no control characters")
 
 
 def sign_note(text: str, key: SignerKey) -> str:

@@ -85,9 +85,11 @@ def test_go_tree_vector():
             Checkpoint.parse(bad)
 
 
-@given(st.text(st.characters(min_codepoint=0x21, blacklist_characters="+"), min_size=1, max_size=30),
+@given(st.text(st.characters(min_codepoint=0x21, blacklist_characters="+", blacklist_categories=("Cs",)),
+               min_size=1, max_size=30),
        st.integers(0, 2**63 - 1), st.binary(min_size=32, max_size=32),
-       st.lists(st.text(st.characters(min_codepoint=0x20), min_size=1, max_size=20), max_size=3))
+       st.lists(st.text(st.characters(min_codepoint=0x20, blacklist_categories=("Cs",)), min_size=1, max_size=20),
+                max_size=3))
 def test_checkpoints_round_trip_through_a_signed_note(origin, size, root, extensions):
     origin = "".join(c for c in origin if not c.isspace()) or "o"
     key = SignerKey.generate(origin)
@@ -96,6 +98,13 @@ def test_checkpoints_round_trip_through_a_signed_note(origin, size, root, extens
     assert open_checkpoint(note, key.verifier) == cp
     with pytest.raises(NoteError):
         open_checkpoint(note, SignerKey.generate(origin).verifier)
+
+
+def test_text_that_is_not_utf8_is_refused():
+    with pytest.raises(NoteError, match="UTF-8"):
+        sign_note("origin\ud800\n1\n" + "A" * 43 + "=\n", SignerKey.generate("o"))
+    with pytest.raises(NoteError, match="key name"):
+        SignerKey.generate("bad\ud800name")
 
 
 def test_a_checkpoint_for_another_origin_is_refused():
