@@ -281,3 +281,24 @@ async def test_a_slow_endpoint_does_not_hold_up_others(settings, services, endpo
     fast_done = time.monotonic() - start
     await wait_for_state(settings, ids["slow"], "delivered")
     assert fast_done < 2.0, f"fast endpoint waited {fast_done:.2f} s behind the slow one"
+
+
+async def test_refused_connections_and_garbage_answers_are_failures_with_the_reason(settings, services, endpoints):
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"this is not HTTP\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", port(403))
+    try:
+        await register(settings, ["refused", "garbage"])
+        refused = await request_deliveries(settings, ["refused"], url=f"http://127.0.0.1:{port(402)}/nobody-listens")
+        answered = await request_deliveries(settings, ["garbage"], url=f"http://127.0.0.1:{port(403)}/hook")
+        for ids, name in ((refused, "refused"), (answered, "garbage")):
+            assert await wait_for_state(settings, ids[name], "failed") == [None] * 4
+        assert "Connect" in (await attempt_log(settings, refused["refused"]))[2]
+        assert "exhausted after 4 attempts; last: " in (await attempt_log(settings, answered["garbage"]))[2]
+    finally:
+        server.close()
+        await server.wait_closed()
