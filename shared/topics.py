@@ -28,7 +28,7 @@ ALERTS_ROUTED = Topic(
     "routing decisions: recipients with reasons, denials with reason codes",
 )
 DELIVERIES_REQUESTED = Topic(
-    "deliveries.requested", "endpoint id", 12, ("routing",), ("notifier", "audit"),
+    "deliveries.requested", "endpoint id", 12, ("routing",), ("notifier", "gateway", "audit"),
     "one request per recipient endpoint; keyed by endpoint so one endpoint stays in order",
 )
 DELIVERIES_STATUS = Topic(
