@@ -71,10 +71,12 @@ class EventConsumer:
 
     def __init__(
         self, settings: Settings, *, group: str, topics: Sequence[str], handler: Handler,
-        max_records: int = 200,
+        max_records: int = 200, fetch_max_wait_ms: int | None = None,
     ) -> None:
         self.settings, self.group, self.topics, self.handler = settings, group, list(topics), handler
         self.max_records = max_records
+        # Short waits keep the delivery path fast; consumers off it can poll far less often.
+        self.fetch_max_wait_ms = fetch_max_wait_ms or settings.fetch_max_wait_ms
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -85,7 +87,7 @@ class EventConsumer:
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )

@@ -22,7 +22,8 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = ""  # lets tests run isolated topic sets on one broker
-    fetch_max_wait_ms: int = 10
+    fetch_max_wait_ms: int = 10  # consumers on the accept-to-delivery path
+    background_fetch_max_wait_ms: int = 200  # consumers off it (audit, status views, acks)
 
     pg_host: str = "127.0.0.1"
     pg_port: int = 5433

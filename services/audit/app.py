@@ -65,7 +65,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     settings = settings or get_settings()
     rt = Runtime("audit", settings.audit_port, settings)
     checkpointer = Checkpointer(rt, keys.load_signing_key(settings), keys.origin(settings))
-    rt.consume("audit", [t.name for t in topics.CATALOGUE], Recorder(rt), max_records=500)
+    rt.consume("audit", [t.name for t in topics.CATALOGUE], Recorder(rt), max_records=500,
+               fetch_max_wait_ms=settings.background_fetch_max_wait_ms)
     rt.workers.append(checkpointer.run)
     app = rt.app()
     app.include_router(router(rt, checkpointer))

@@ -19,7 +19,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt = Runtime("notifier", settings.notifier_port, settings)
     deliverer = Deliverer(rt)
     rt.consume("notifier", [topics.DELIVERIES_REQUESTED.name], DeliveryIntake(rt, deliverer))
-    rt.consume("notifier-acks", [topics.ALERTS_ACKNOWLEDGED.name], AckIntake(rt))
+    rt.consume("notifier-acks", [topics.ALERTS_ACKNOWLEDGED.name], AckIntake(rt),
+               fetch_max_wait_ms=settings.background_fetch_max_wait_ms)
     rt.workers += [deliverer.run, partial(outbox_sweeper, rt), partial(escalation_worker, rt)]
     app = rt.app()
     app.include_router(router(rt))
