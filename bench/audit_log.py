@@ -38,7 +38,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from demo.scenario import SCENARIO
 from services.audit import entry, keys, repository, service
 from services.audit.client import export_head, read_export
-from services.audit.note import SignerKey
 from services.audit.verify import verify_log
 from shared import db
 from shared.alerts import Alert

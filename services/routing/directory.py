@@ -1,16 +1,12 @@
-"""The network directory and route rules as data: pydantic models of deploy/network/*.yaml."""
+"""The network directory as data: pydantic models of deploy/network/directory.yaml."""
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import date
 from enum import StrEnum
-from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.alerts import Category, Severity, Tlp, Urgency
+from shared.alerts import Category, Tlp, Urgency
 
 
 class AgencyKind(StrEnum):

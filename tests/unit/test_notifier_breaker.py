@@ -2,7 +2,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.notifier.breaker import (Bucket, Circuit, CircuitState, bucket_take, bucket_wait, circuit_after,
+from services.notifier.breaker import (Circuit, CircuitState, bucket_take, bucket_wait, circuit_after,
                                        circuit_allows, circuit_blocked)
 
 THRESHOLD, COOLDOWN = 3, 10.0
