@@ -164,6 +164,10 @@ async def main() -> None:
         for p in procs:
             p.terminate()
             p.wait(20)
+        # Leave the stack as found: this run's topics and database go with it.
+        for prefix in (f"benchgw{RUN}.", f"benchgwfloor{RUN}."):
+            await topics.delete_topics(settings, prefix)
+        await db.drop_database(settings)
     out = REPO / "bench" / "results" / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"run": RUN, "concurrency": args.concurrency, "seconds": args.seconds, "results": results}, indent=2))
