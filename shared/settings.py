@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     audit_port: int = 8003
     public_base_url: str = "http://127.0.0.1:8000"
     demo_inbox_port: int = 8100
+    # Where the gateway (console) and the CLI reach the other services; unset: loopback on their ports.
+    routing_url: str | None = None
+    notifier_url: str | None = None
+    audit_url: str | None = None
+
+    # Traces: W3C trace context always travels on the events; spans are exported only when an
+    # OTLP/HTTP endpoint is set (e.g. http://127.0.0.1:4318). The console links a trace id to
+    # trace_url_template (e.g. http://127.0.0.1:16686/trace/{trace_id}) when it is set.
+    otlp_endpoint: str | None = None
+    trace_url_template: str | None = None
+    console_session_seconds: int = 8 * 3600  # an operator's console login lasts at most this long
 
     accept_timeout_seconds: float = 5.0  # the gateway answers 503 if Kafka has not acked by then
     max_body_bytes: int = 256 * 1024  # the gateway answers 413 above this
@@ -91,6 +102,13 @@ class Settings(BaseSettings):
     def password_for(self, role: str) -> str:
         """Return the database password of a service role (dev default outside production)."""
         return self.db_password or f"{DEV_DB_PASSWORD_PREFIX}{role}"
+
+    def service_url(self, service: Literal["gateway", "routing", "notifier", "audit"]) -> str:
+        """Return the base URL of a service: its *_url setting, else loopback on its port."""
+        if service == "gateway":
+            return self.public_base_url.rstrip("/")
+        explicit = getattr(self, f"{service}_url")
+        return (explicit or f"http://127.0.0.1:{getattr(self, f'{service}_port')}").rstrip("/")
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
