@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 class Received:
     webhook_id: str
     body: dict
+    traceparent: str | None = None  # W3C trace context the delivery carried
 
 
 @dataclass
@@ -27,12 +28,15 @@ class Inbox:
     received: dict[str, list[Received]] = field(default_factory=dict)
     rejected: int = 0
     duplicates: int = 0
+    failing: set[str] = field(default_factory=set)  # endpoints that answer 503, to show retries and the breaker
 
     async def deliver(self, request: web.Request) -> web.Response:
         endpoint = request.match_info["endpoint"]
         secret = self.secrets().get(endpoint)
         if secret is None:
             return web.json_response({"error": f"no such inbox {endpoint}"}, status=404)
+        if endpoint in self.failing:
+            return web.json_response({"error": f"inbox {endpoint} is switched off"}, status=503)
         body = await request.read()
         try:
             Webhook(secret).verify(body, dict(request.headers))
@@ -44,7 +48,7 @@ class Inbox:
         if any(r.webhook_id == webhook_id for r in box):
             self.duplicates += 1
         else:
-            box.append(Received(webhook_id, orjson.loads(body)))
+            box.append(Received(webhook_id, orjson.loads(body), request.headers.get("traceparent")))
         return web.json_response({"received": webhook_id})
 
     async def mailbox(self, request: web.Request) -> web.Response:

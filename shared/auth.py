@@ -79,19 +79,22 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def issue_token(settings: Settings, principal: Principal) -> str:
+def issue_token(settings: Settings, principal: Principal, *, ttl: int | None = None, audience: str | None = None) -> str:
+    """Sign a token for `principal`. An `audience` token (e.g. the console's session) is refused by
+    every verifier that does not ask for that audience, so it cannot be replayed as an API token."""
     now = int(time.time())
     claims = {
         "iss": ISSUER, "sub": principal.key_id, "agency": principal.agency,
-        "roles": sorted(principal.roles), "iat": now, "exp": now + settings.token_ttl_seconds,
+        "roles": sorted(principal.roles), "iat": now, "exp": now + (ttl or settings.token_ttl_seconds),
+        **({"aud": audience} if audience else {}),
     }
     return jwt.encode(claims, _read(settings.token_private_key_file), algorithm="EdDSA")
 
 
-def verify_token(settings: Settings, token: str) -> Principal:
+def verify_token(settings: Settings, token: str, audience: str | None = None) -> Principal:
     """Return the token's principal; raise jwt.InvalidTokenError if it is bad or expired."""
     claims = jwt.decode(
-        token, _read(settings.token_public_key_file), algorithms=["EdDSA"], issuer=ISSUER,
+        token, _read(settings.token_public_key_file), algorithms=["EdDSA"], issuer=ISSUER, audience=audience,
         options={"require": ["exp", "sub", "iss"]},
     )
     return Principal(claims["sub"], claims["agency"], frozenset(Role(r) for r in claims["roles"]))

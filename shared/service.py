@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from shared import db
+from shared import db, tracing
 from shared.kafka import EventConsumer, make_producer
 from shared.observability import configure_logging, install
 from shared.settings import Settings, get_settings
@@ -34,6 +34,7 @@ class Runtime:
         self.consumers: list[EventConsumer] = []
         self.workers: list[Callable[[], Awaitable[None]]] = []
         self.before_consuming: list[Callable[[], Awaitable[None]]] = []  # start-up steps needing DB and producer
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []  # e.g. closing HTTP client sessions
         self._tasks: list[asyncio.Task] = []
         self.stopping = asyncio.Event()
 
@@ -53,6 +54,7 @@ class Runtime:
             raise ConnectionError("no Kafka broker answered")
 
     async def start(self) -> None:
+        tracing.configure(self.name, self.settings)  # spans exported only when BLONET_OTLP_ENDPOINT is set
         await db.migrate(self.settings, self.name)
         self.producer = make_producer(self.settings, self.producer_timeout_ms)
         await self.producer.start()
@@ -76,9 +78,12 @@ class Runtime:
         done, pending = await asyncio.wait(self._tasks, timeout=15) if self._tasks else (set(), set())
         for task in pending:
             task.cancel()
+        for step in self.on_stop:
+            await step()
         if self.producer:
             await self.producer.stop()
         await self.engine.dispose()
+        tracing.shutdown()  # flush the spans still buffered
         log.info("service stopped")
 
     def app(self, **fastapi_kwargs) -> FastAPI:
@@ -92,6 +97,7 @@ class Runtime:
 
         app = FastAPI(title=f"BLOnet {self.name}", lifespan=lifespan, **fastapi_kwargs)
         install(app, self.name, {"database": self._check_db, "kafka": self._check_kafka})
+        app.add_middleware(tracing.TraceMiddleware, service=self.name)  # a SERVER span per request, when on
         return app
 
     def serve(self, app: FastAPI) -> None:

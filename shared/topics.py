@@ -44,7 +44,7 @@ DELIVERIES_DEADLETTER = Topic(
     "deliveries given up on (schedule exhausted, 410, unknown or refused endpoint), with the reason",
 )
 OPERATIONS_ACTIONS = Topic(
-    "operations.actions", "target id", 3, ("notifier",), ("audit",),
+    "operations.actions", "target id", 3, ("notifier",), ("audit", "gateway"),
     "operators' acts on delivery state: replay, recover, enable/disable, secret rotation, escalation",
 )
 ROUTING_RULES = Topic(

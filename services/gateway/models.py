@@ -28,6 +28,7 @@ alerts = Table(
     Column("routing", JSONB, comment="ruleset hash and denials, once routed"),
     Column("cap", JSONB, comment="CAP origin: sender, identifier, sent, signed"),
     Column("cap_original", LargeBinary, comment="the CAP document exactly as received (signatures intact)"),
+    Column("trace_id", String(32), comment="W3C trace id the alert's events carry"),
 )
 
 recipients = Table(
@@ -48,6 +49,8 @@ recipients = Table(
     Column("ack_status", String(16)),
     Column("ack_comment", Text),
     Column("acked_at", DateTime(timezone=True)),
+    Column("delivered_at", DateTime(timezone=True), comment="first successful delivery (end-to-end latency)"),
+    Column("escalated_at", DateTime(timezone=True), comment="last escalation for not being acknowledged"),
 )
 
 idempotency_keys = Table(

@@ -13,6 +13,9 @@ from shared.auth import Principal, Role
 from shared.events import AlertAcknowledged, AlertForwarded, AlertRouted, DeliveryRequested, DeliveryStatus
 
 
+FLOW_CHANNEL = "gateway_flow"  # PostgreSQL NOTIFY channel: an alert's status view changed
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -97,13 +100,15 @@ async def thread_of(session: AsyncSession, alert_id: UUID) -> UUID | None:
 async def record_alert(
     session: AsyncSession, *, alert_id: UUID, thread_id: UUID, sender_agency: str, submitted_by: str,
     received_at: datetime, alert: dict, cap: dict | None = None, cap_original: bytes | None = None,
+    trace_id: str | None = None,
 ) -> None:
     stmt = insert(alerts).values(
         alert_id=alert_id, thread_id=thread_id, sender_agency=sender_agency, submitted_by=submitted_by,
-        received_at=received_at, alert=alert, cap=cap, cap_original=cap_original,
+        received_at=received_at, alert=alert, cap=cap, cap_original=cap_original, trace_id=trace_id,
     )
     if cap is None:
-        await session.execute(stmt.on_conflict_do_nothing())
+        await session.execute(stmt.on_conflict_do_update(
+            index_elements=[alerts.c.alert_id], set_={"trace_id": trace_id}, where=alerts.c.trace_id.is_(None)))
     else:  # the status consumer may have written the row first, without the CAP origin
         await session.execute(stmt.on_conflict_do_update(
             index_elements=[alerts.c.alert_id], set_={"cap": cap, "cap_original": cap_original}))
@@ -142,17 +147,31 @@ async def record_view(session: AsyncSession, alert_id: UUID, request: DeliveryRe
     ))
 
 
-async def record_delivery(session: AsyncSession, alert_id: UUID, status: DeliveryStatus) -> None:
+async def record_delivery(session: AsyncSession, alert_id: UUID, status: DeliveryStatus, at: datetime | None = None) -> None:
     values = {
         "state": status.state.value, "attempts": status.attempt, "http_status": status.http_status,
         "error": status.error, "updated_at": _now(),
     }
-    stmt = insert(recipients).values(alert_id=alert_id, endpoint=status.endpoint, agency=status.agency, **values)
+    delivered = (at or _now()) if status.state.value == "delivered" else None
+    stmt = insert(recipients).values(alert_id=alert_id, endpoint=status.endpoint, agency=status.agency,
+                                     delivered_at=delivered, **values)
     # Only a later attempt overwrites: a replayed older status never rolls the view back.
     await session.execute(stmt.on_conflict_do_update(
-        index_elements=[recipients.c.alert_id, recipients.c.endpoint], set_=values,
+        index_elements=[recipients.c.alert_id, recipients.c.endpoint],
+        set_={**values, "delivered_at": func.coalesce(recipients.c.delivered_at, stmt.excluded.delivered_at)},
         where=recipients.c.attempts <= status.attempt,
     ))
+
+
+async def record_escalation(session: AsyncSession, alert_id: UUID, agency: str, at: datetime) -> None:
+    await session.execute(update(recipients).where(recipients.c.alert_id == alert_id, recipients.c.agency == agency)
+                          .values(escalated_at=at))
+
+
+async def notify_changed(session: AsyncSession, alert_ids: set[UUID]) -> None:
+    """Tell every gateway instance's live flow which alerts changed (delivered when the transaction commits)."""
+    for alert_id in alert_ids:
+        await session.execute(select(func.pg_notify(FLOW_CHANNEL, str(alert_id))))
 
 
 async def record_ack(session: AsyncSession, alert_id: UUID, ack: AlertAcknowledged, at: datetime) -> None:

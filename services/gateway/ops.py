@@ -1,0 +1,256 @@
+"""What operators see of the flow: alert summaries over the gateway's own status tables, and a live
+feed of which alerts changed.
+
+The feed is PostgreSQL LISTEN/NOTIFY: the status consumer notifies on commit, so every gateway
+instance's console and `blonet tail` see every change, whichever instance consumed the event.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.gateway.models import alerts, forwards, recipients
+from services.gateway.repository import FLOW_CHANNEL
+from shared import db
+from shared.service import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Filters:
+    agency: str | None = None  # sender, or any recipient
+    post: str | None = None  # the sender's post or the alert's location
+    category: str | None = None
+    tlp: str | None = None  # e.g. TLP:AMBER
+    since: datetime | None = None
+
+    def matches(self, summary: dict) -> bool:
+        """The same test as `_where`, on a summary already loaded (for the live feed)."""
+        if self.agency and self.agency != summary["sender_agency"] and \
+                self.agency not in {r["agency"] for r in summary["recipients"]}:
+            return False
+        if self.post and self.post not in (summary["post"], summary["sender_post"]):
+            return False
+        if self.category and self.category != summary["category"]:
+            return False
+        if self.tlp and self.tlp != summary["tlp"]:
+            return False
+        return not (self.since and summary["received_at"] < self.since)
+
+
+def _where(f: Filters) -> list:
+    doc = alerts.c.alert
+    clauses = []
+    if f.agency:
+        clauses.append(or_(alerts.c.sender_agency == f.agency, exists().where(
+            recipients.c.alert_id == alerts.c.alert_id, recipients.c.agency == f.agency)))
+    if f.post:
+        clauses.append(or_(doc["sender_post"].astext == f.post, doc["location"]["post"].astext == f.post))
+    if f.category:
+        clauses.append(doc["category"].astext == f.category)
+    if f.tlp:
+        clauses.append(doc["tlp"].astext == f.tlp)
+    if f.since:
+        clauses.append(alerts.c.received_at >= f.since)
+    return clauses
+
+
+def recipient_state(r: dict) -> str:
+    """routed, retrying, delivered, failed — or acknowledged / escalated, which say more."""
+    if r.get("ack_status"):
+        return "acknowledged"
+    if r.get("escalated_at"):
+        return "escalated"
+    return r["state"]
+
+
+def overall_state(alert: dict, states: list[str]) -> str:
+    if alert["routing"] is None:
+        return "accepted"
+    if not states:
+        return "routed"  # nobody to deliver to (every candidate denied)
+    if "failed" in states:
+        return "failed"
+    if all(s == "acknowledged" for s in states):
+        return "acknowledged"
+    if all(s in ("delivered", "acknowledged", "escalated") for s in states):
+        return "delivered"
+    return "delivering"
+
+
+def summarize(alert: dict, rows: list[dict]) -> dict:
+    doc = alert["alert"]
+    people = [{
+        "endpoint": r["endpoint"], "agency": r["agency"], "unit": r["unit"], "profile": r["profile"], "rule": r["rule"],
+        "reason": r["reason"], "state": recipient_state(r), "delivery_state": r["state"], "attempts": r["attempts"],
+        "http_status": r["http_status"], "error": r["error"], "ack_status": r["ack_status"], "ack_comment": r["ack_comment"],
+        "acked_at": r["acked_at"], "delivered_at": r["delivered_at"], "escalated_at": r["escalated_at"],
+        "updated_at": r["updated_at"],
+    } for r in rows]
+    routing = alert["routing"] or {}
+    return {
+        "alert_id": alert["alert_id"], "thread_id": alert["thread_id"], "received_at": alert["received_at"],
+        "sender_agency": alert["sender_agency"], "sender_post": doc.get("sender_post"),
+        "post": (doc.get("location") or {}).get("post"), "category": doc.get("category"), "severity": doc.get("severity"),
+        "urgency": doc.get("urgency"), "tlp": doc.get("tlp"), "headline": doc.get("headline"),
+        "msg_type": doc.get("msg_type", "alert"), "status": doc.get("status"), "trace_id": alert["trace_id"],
+        "ruleset_hash": routing.get("ruleset_hash"), "state": overall_state(alert, [p["state"] for p in people]),
+        "recipients": people, "denied": routing.get("denied", []),
+    }
+
+
+async def summaries(session: AsyncSession, f: Filters, limit: int = 100, before: UUID | None = None) -> list[dict]:
+    """Newest first; `before` pages on (ids are UUIDv7, so time-ordered)."""
+    query = select(alerts).where(*_where(f))
+    if before is not None:
+        query = query.where(alerts.c.alert_id < before)
+    rows = [dict(r) for r in (await session.execute(query.order_by(alerts.c.alert_id.desc()).limit(limit))).mappings()]
+    return await _with_recipients(session, rows)
+
+
+async def summary(session: AsyncSession, alert_id: UUID) -> dict | None:
+    row = (await session.execute(select(alerts).where(alerts.c.alert_id == alert_id))).mappings().first()
+    return (await _with_recipients(session, [dict(row)]))[0] if row else None
+
+
+async def _with_recipients(session: AsyncSession, rows: list[dict]) -> list[dict]:
+    ids = [r["alert_id"] for r in rows]
+    by_alert: dict[UUID, list[dict]] = {i: [] for i in ids}
+    if ids:
+        found = await session.execute(select(recipients).where(recipients.c.alert_id.in_(ids))
+                                      .order_by(recipients.c.agency, recipients.c.endpoint))
+        for r in found.mappings():
+            by_alert[r["alert_id"]].append(dict(r))
+    return [summarize(r, by_alert[r["alert_id"]]) for r in rows]
+
+
+async def forwards_of(session: AsyncSession, alert_id: UUID) -> list[dict]:
+    rows = await session.execute(select(forwards).where(forwards.c.alert_id == alert_id).order_by(forwards.c.forwarded_at))
+    return [dict(r) for r in rows.mappings()]
+
+
+async def thread(session: AsyncSession, thread_id: UUID) -> list[dict]:
+    """The alerts of one thread (original, updates, cancel), oldest first."""
+    rows = await session.execute(select(alerts.c.alert_id, alerts.c.received_at, alerts.c.alert["msg_type"].astext.label("msg_type"))
+                                 .where(alerts.c.thread_id == thread_id).order_by(alerts.c.alert_id))
+    return [dict(r) for r in rows.mappings()]
+
+
+async def flow_stats(session: AsyncSession, now: datetime, window: timedelta = timedelta(hours=1)) -> dict:
+    """Throughput and accept→first-delivery latency over the window, per minute and overall."""
+    since = now - window
+    minute = func.date_trunc("minute", alerts.c.received_at)
+    accepted = await session.execute(select(minute.label("minute"), func.count().label("n"))
+                                     .where(alerts.c.received_at >= since).group_by(minute).order_by(minute))
+    latency = (func.extract("epoch", recipients.c.delivered_at) - func.extract("epoch", alerts.c.received_at))
+    joined = recipients.join(alerts, recipients.c.alert_id == alerts.c.alert_id)
+    overall = (await session.execute(select(
+        func.count().label("deliveries"),
+        func.percentile_cont(0.5).within_group(latency).label("p50"),
+        func.percentile_cont(0.95).within_group(latency).label("p95"),
+    ).select_from(joined).where(recipients.c.delivered_at >= since))).mappings().one()
+    failed = await session.scalar(select(func.count()).select_from(recipients).where(
+        recipients.c.state == "failed", recipients.c.updated_at >= since))
+    total = await session.scalar(select(func.count()).select_from(alerts).where(alerts.c.received_at >= since))
+    return {
+        "window_seconds": window.total_seconds(), "alerts": total, "deliveries": overall["deliveries"], "failed": failed,
+        "alerts_per_minute": [{"minute": r.minute, "n": r.n} for r in accepted],
+        "latency_p50_seconds": overall["p50"], "latency_p95_seconds": overall["p95"],
+    }
+
+
+class FlowHub:
+    """One LISTEN connection per gateway instance, fanned out to every live-flow subscriber."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.subscribers: set[asyncio.Queue[UUID]] = set()
+        self.listening = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[UUID]]:
+        queue: asyncio.Queue[UUID] = asyncio.Queue(maxsize=10_000)
+        self.subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self.subscribers.discard(queue)
+
+    def _publish(self, _conn, _pid, _channel, payload: str) -> None:
+        alert_id = UUID(payload)
+        for queue in self.subscribers:
+            if not queue.full():  # a stalled reader misses changes, never slows the others
+                queue.put_nowait(alert_id)
+
+    async def run(self) -> None:
+        """Keep a LISTEN connection open until the service stops; reconnect after a loss."""
+        dsn = db.service_url(self.rt.settings, "gateway").set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self.rt.stopping.is_set():
+            try:
+                conn = await asyncpg.connect(dsn)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("live flow: cannot listen (%s); retrying", exc)
+                await asyncio.sleep(2)
+                continue
+            try:
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(FLOW_CHANNEL, self._publish)
+                self.listening.set()
+                stop = asyncio.ensure_future(self.rt.stopping.wait())
+                gone = asyncio.ensure_future(lost.wait())
+                await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel(), gone.cancel()
+            finally:
+                self.listening.clear()
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=2)
+
+
+async def changes(rt: Runtime, hub: FlowHub, f: Filters, until: float, coalesce: float = 0.1) -> AsyncIterator[dict]:
+    """Yield the summary of each alert (matching `f`) that changes, at most one per alert per `coalesce` s."""
+    loop = asyncio.get_running_loop()
+    async with hub.subscribe() as queue:
+        while (left := until - loop.time()) > 0:
+            try:
+                first = await asyncio.wait_for(queue.get(), timeout=min(left, 15))
+            except asyncio.TimeoutError:
+                yield {}  # a keep-alive tick: lets the caller write a comment and notice a closed client
+                continue
+            await asyncio.sleep(coalesce)
+            ids = {first}
+            while not queue.empty():
+                ids.add(queue.get_nowait())
+            async with rt.sessions() as session:
+                found = [await summary(session, i) for i in sorted(ids)]
+            for s in found:
+                if s is not None and f.matches(s):
+                    yield s
+
+
+
+async def known_agencies_and_posts(session: AsyncSession) -> tuple[list[str], list[str]]:
+    """The agencies and posts seen in the flow, for the console's filter choices."""
+    agencies = await session.scalars(select(alerts.c.sender_agency).union(select(recipients.c.agency)))
+    posts = await session.scalars(select(alerts.c.alert["sender_post"].astext).union(
+        select(alerts.c.alert["location"]["post"].astext)))
+    return sorted(agencies), sorted(p for p in posts if p)
+
+
+async def alert_document(session: AsyncSession, alert_id: str) -> dict | None:
+    """The alert as submitted (for a dry run of the rules against it)."""
+    try:
+        key = UUID(alert_id)
+    except ValueError:
+        return None
+    return await session.scalar(select(alerts.c.alert).where(alerts.c.alert_id == key))
