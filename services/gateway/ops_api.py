@@ -3,7 +3,6 @@
 Operator role only: unlike /v1/alerts, which shows an agency its own alerts, this shows every
 alert and every recipient. The console serves the same data as pages.
 """
-from __future__ import annotations
 
 import asyncio
 from typing import Annotated

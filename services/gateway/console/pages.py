@@ -4,7 +4,6 @@ Server-rendered (Jinja2); `static/console.js` only adds the live feed and lazy l
 action is a POST that is confirmed on a second page, then redirects with its result (post /
 redirect / get), so it works — and is tested — without JavaScript tricks.
 """
-from __future__ import annotations
 
 import asyncio
 import base64
@@ -261,7 +260,8 @@ def router(rt: Runtime, hub: FlowHub, up: Upstream) -> APIRouter:
         result = None
         if not errors:
             try:
-                answer = await up.call(who.principal, "routing", "POST", "/v1/routing/explain", json=body)
+                path = "/v1/routing/explain/compare" if "content" in body else "/v1/routing/explain"
+                answer = await up.call(who.principal, "routing", "POST", path, json=body)
             except UpstreamError as exc:
                 errors["candidate"] = str(exc)
             else:

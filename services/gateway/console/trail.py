@@ -40,7 +40,7 @@ def verifier_key(settings: Settings) -> VerifierKey:
         return VerifierKey.parse(settings.audit_verifier_key)
     if settings.environment == "production":
         raise NoteError("BLONET_AUDIT_VERIFIER_KEY is not set")
-    return VerifierKey.parse(SignerKey.parse(keys.key_file(settings).read_text()).verifier)
+    return SignerKey.parse(keys.key_file(settings).read_text()).verifier
 
 
 def _summary(fields: dict) -> str:
