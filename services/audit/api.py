@@ -1,6 +1,7 @@
 """The auditors' HTTP API: checkpoints, raw entries, proofs, an alert's trail, search.
 
-Every route needs the auditor role, and every query is itself appended to the log (type
+Every route needs the auditor role (operators may also read an alert's trail, the latest
+checkpoint and inclusion proofs), and every query is itself appended to the log (type
 `audit.access`) before it is answered. Proofs are only given against signed tree sizes.
 """
 from __future__ import annotations
@@ -72,6 +73,9 @@ def router(rt: Runtime, checkpointer) -> APIRouter:
         return Depends(dependency)
 
     auditor = audited(Role.AUDITOR)
+    # Operators may read what the console shows with a verified mark: an alert's trail, the latest
+    # checkpoint and inclusion proofs (still each recorded with their key id).
+    reader = audited(Role.AUDITOR, Role.OPERATOR)
 
     async def run(work):
         async with rt.sessions() as session:
@@ -80,7 +84,7 @@ def router(rt: Runtime, checkpointer) -> APIRouter:
             except ProofRequestError as exc:
                 raise HTTPException(400, str(exc)) from None
 
-    @api.get("/checkpoint", response_class=PlainTextResponse, dependencies=[auditor])
+    @api.get("/checkpoint", response_class=PlainTextResponse, dependencies=[reader])
     async def checkpoint() -> PlainTextResponse:
         """Return the latest signed checkpoint (C2SP tlog-checkpoint in a signed note)."""
         latest = await run(repository.latest_checkpoint)
@@ -116,7 +120,7 @@ def router(rt: Runtime, checkpointer) -> APIRouter:
                     "entries": [{"index": i, "entry": b64(e)} for i, e in await repository.entry_bytes(session, start, stop)]}
         return await run(work)
 
-    @api.get("/proofs/inclusion", dependencies=[auditor])
+    @api.get("/proofs/inclusion", dependencies=[reader])
     async def inclusion(index: int | None = Query(None, ge=0), hash: str | None = Query(None),
                         tree_size: int | None = Query(None, ge=1)) -> dict:
         """Prove an entry (by index, or by its leaf hash) is in the signed tree of `tree_size` (default: latest)."""
@@ -130,7 +134,7 @@ def router(rt: Runtime, checkpointer) -> APIRouter:
         """Prove the signed tree of `first` entries is a prefix of the tree of `second` (default: latest)."""
         return await run(lambda s: service.consistency_proof(s, first=first, second=second))
 
-    @api.get("/trail/{alert_id}", dependencies=[auditor])
+    @api.get("/trail/{alert_id}", dependencies=[reader])
     async def trail(alert_id: UUID) -> dict:
         """Return an alert's whole story, causes before effects, each entry with its index and bytes."""
         rows = await run(lambda s: repository.trail(s, alert_id))

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.notifier import repository, service
+from services.notifier.delivery import Deliverer
 from shared.auth import Principal, Role, require_token_role
 from shared.service import Runtime
 
@@ -26,8 +27,15 @@ class Switch(BaseModel):
     reason: str | None = Field(None, max_length=2_000)
 
 
-def router(rt: Runtime) -> APIRouter:
+def router(rt: Runtime, deliverer: Deliverer) -> APIRouter:
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_token_role(Role.OPERATOR))])
+
+    @api.get("/deliveries")
+    async def of_alert(alert_id: UUID) -> list[dict]:
+        """Return every delivery of one alert (escalations included), each with its attempts and the
+        recipient agency's acknowledgement state."""
+        async with rt.sessions() as session:
+            return [service.present_delivery(r) for r in await repository.deliveries_of_alert(session, alert_id)]
 
     @api.get("/deliveries/summary")
     async def summary() -> dict[str, int]:
@@ -48,31 +56,44 @@ def router(rt: Runtime) -> APIRouter:
             found = await repository.delivery_with_attempts(session, delivery_id)
         if found is None:
             raise HTTPException(404, "no such delivery")
-        return found
+        return service.present_delivery(found)
 
-    @api.post("/deliveries/{delivery_id}/replay", status_code=202)
+    @api.post("/deliveries/{delivery_id}/replay", status_code=202, responses={404: {}, 409: {}})
     async def replay(delivery_id: UUID, who: Operator) -> dict:
-        """Send a dead-lettered delivery again, with the same webhook-id and a fresh retry schedule."""
+        """Send a dead-lettered delivery again, with the same webhook-id and a fresh retry schedule.
+
+        404 if there is no such delivery; 409 if it is not dead-lettered, saying why (delivered when, or pending).
+        """
         async with rt.sessions() as session:
-            row = await service.replay_delivery(session, rt.settings, delivery_id, actor=who.key_id)
+            try:
+                await service.replay_delivery(session, rt.settings, delivery_id, actor=who.key_id)
+            except service.Refused as exc:
+                raise HTTPException(exc.status, exc.reason) from None
             await session.commit()
-        if row is None:
-            raise HTTPException(409, "no failed delivery with this id")
         return {"delivery_id": str(delivery_id), "state": "pending"}
 
-    @api.post("/endpoints/{endpoint}/recover", status_code=202)
+    @api.post("/endpoints/{endpoint}/recover", status_code=202, responses={404: {}})
     async def recover(endpoint: str, body: Recover, who: Operator) -> dict:
-        """Send again every delivery to the endpoint that failed since a time."""
+        """Send again every delivery to the endpoint that failed since a time; with none, `reason` says why."""
         async with rt.sessions() as session:
-            count = await service.recover_endpoint(session, rt.settings, endpoint, body.since, actor=who.key_id)
+            try:
+                count, reason = await service.recover_endpoint(session, rt.settings, endpoint, body.since, actor=who.key_id)
+            except service.Refused as exc:
+                raise HTTPException(exc.status, exc.reason) from None
             await session.commit()
-        return {"endpoint": endpoint, "replayed": count}
+        return {"endpoint": endpoint, "replayed": count, **({"reason": reason} if reason else {})}
 
     @api.get("/endpoints")
     async def list_endpoints() -> list[dict]:
-        """Return every endpoint's state (enabled, why disabled, rate limit) — never secrets."""
+        """Return every endpoint's state and health — never secrets.
+
+        Health: the circuit of the instance that answers (circuits are per instance), how many of
+        its deliveries are pending, delivered and failed, and its last success and last failure.
+        """
         async with rt.sessions() as session:
-            return await repository.list_endpoints(session)
+            rows = await repository.list_endpoints(session)
+            counts = await repository.counts_by_endpoint(session)
+        return [service.endpoint_health(r, counts.get(r["endpoint"]), deliverer.circuit(r["endpoint"])) for r in rows]
 
     async def switch(endpoint: str, enabled: bool, body: Switch, who: Principal) -> dict:
         async with rt.sessions() as session:

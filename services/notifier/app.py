@@ -23,5 +23,5 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
                fetch_max_wait_ms=settings.background_fetch_max_wait_ms)
     rt.workers += [deliverer.run, partial(outbox_sweeper, rt), partial(escalation_worker, rt)]
     app = rt.app()
-    app.include_router(router(rt))
+    app.include_router(router(rt, deliverer))
     return rt, app

@@ -32,6 +32,12 @@ def circuit_blocked(c: Circuit, now: float, cooldown: float) -> bool:
     return not circuit_allows(c, now, cooldown)[0]
 
 
+def circuit_report(c: Circuit, now: float, cooldown: float) -> dict:
+    """Return the circuit for people: its state, consecutive failures, and seconds until a probe may go (open only)."""
+    wait = max(0.0, c.opened_at + cooldown - now) if c.state is CircuitState.OPEN else None
+    return {"state": c.state.value, "consecutive_failures": c.failures, "probe_in_seconds": wait}
+
+
 def circuit_after(c: Circuit, ok: bool, now: float, threshold: int) -> Circuit:
     """Return the circuit after an attempt's outcome: success closes, failures open it."""
     if ok:

@@ -18,7 +18,8 @@ import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from services.notifier import channels, repository
-from services.notifier.breaker import Bucket, Circuit, bucket_take, bucket_wait, circuit_after, circuit_allows, circuit_blocked
+from services.notifier.breaker import (Bucket, Circuit, bucket_take, bucket_wait, circuit_after, circuit_allows, circuit_blocked,
+                                      circuit_report)
 from services.notifier.retry import Outcome, judge
 from services.notifier.service import SYSTEM_ACTOR, record_action, status_events
 from shared.events import DeliveryState, Envelope
@@ -101,6 +102,12 @@ class Deliverer:
         held |= {e for e, c in self.circuits.items() if circuit_blocked(c, now, s.circuit_cooldown_seconds)}
         held |= {e for e, b in self.buckets.items() if bucket_wait(b, now, self._rate(e), s.endpoint_burst) > 0}
         return sorted(held)
+
+    def circuit(self, endpoint: str) -> dict:
+        """Return this instance's circuit for an endpoint, with the wall-clock time it stays open until."""
+        report = circuit_report(self.circuits.get(endpoint, Circuit()), self.clock(), self.rt.settings.circuit_cooldown_seconds)
+        wait = report.pop("probe_in_seconds")
+        return {**report, "open_until": None if wait is None else datetime.now(timezone.utc) + timedelta(seconds=wait)}
 
     def _rate(self, endpoint: str) -> float:
         return self.rates.get(endpoint) or self.rt.settings.endpoint_rate_per_second

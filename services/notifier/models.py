@@ -15,6 +15,9 @@ endpoints = Table(
     Column("previous_until", DateTime(timezone=True)),
     Column("disabled_reason", Text),
     Column("rate_per_second", Float, comment="None: the notifier's default"),
+    Column("last_success_at", DateTime(timezone=True), comment="the latest attempt answered 2xx"),
+    Column("last_failure_at", DateTime(timezone=True), comment="the latest attempt that failed"),
+    Column("last_error", Text, comment="why that attempt failed"),
 )
 
 deliveries = Table(
@@ -53,6 +56,9 @@ attempts = Table(
     Column("http_status", Integer),
     Column("error", Text),
     Column("response_excerpt", Text),
+    Column("outcome", String(16), comment="delivered, retrying or failed (None: recorded before 0004)"),
+    Column("reason", Text, comment="why the attempt failed, in one line"),
+    Column("next_attempt_at", DateTime(timezone=True), comment="when the retry it scheduled was due"),
 )
 
 outbox = Table(

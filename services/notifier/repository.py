@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
-from sqlalchemy import DateTime, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import DateTime, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -82,12 +82,32 @@ async def set_endpoint_rate(session: AsyncSession, endpoint: str, rate: float | 
 
 
 async def list_endpoints(session: AsyncSession) -> list[dict]:
-    """Return every endpoint's state — never its secrets."""
+    """Return every endpoint's state and its last success and failure — never its secrets."""
     rows = await session.execute(select(
         endpoints.c.endpoint, endpoints.c.enabled, endpoints.c.disabled_reason, endpoints.c.rate_per_second,
-        endpoints.c.created_at, endpoints.c.previous_until,
+        endpoints.c.created_at, endpoints.c.previous_until, endpoints.c.last_success_at, endpoints.c.last_failure_at,
+        endpoints.c.last_error,
     ).order_by(endpoints.c.endpoint))
     return [dict(r) for r in rows.mappings()]
+
+
+async def counts_by_endpoint(session: AsyncSession) -> dict[str, dict[str, int]]:
+    """Return, per endpoint, how many of its deliveries are pending, delivered and failed."""
+    rows = await session.execute(text("SELECT endpoint, state, count(*) AS n FROM deliveries GROUP BY endpoint, state"))
+    found: dict[str, dict[str, int]] = {}
+    for r in rows:
+        found.setdefault(r.endpoint, {"pending": 0, "delivered": 0, "failed": 0})[r.state] = r.n
+    return found
+
+
+async def endpoint_exists(session: AsyncSession, endpoint: str) -> bool:
+    return await session.scalar(select(func.count()).where(endpoints.c.endpoint == endpoint)) > 0
+
+
+async def last_failed(session: AsyncSession, endpoint: str) -> datetime | None:
+    """Return when the endpoint's latest dead letter was given up on, if it has any."""
+    return await session.scalar(select(func.max(deliveries.c.finished_at))
+                                .where(deliveries.c.endpoint == endpoint, deliveries.c.state == "failed"))
 
 
 async def add_deliveries(session: AsyncSession, rows: list[dict]) -> set[UUID]:
@@ -130,16 +150,22 @@ async def release(session: AsyncSession, delivery_ids: Sequence[UUID]) -> None:
         await session.execute(update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids)).values(leased_until=None))
 
 
+OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
+
+
 async def record_attempts(session: AsyncSession, results: list[dict]) -> None:
-    """Record a batch of attempts and each delivery's new state (one round trip per statement)."""
+    """Record a batch of attempts, each delivery's new state and each endpoint's last success or
+    failure (one round trip per statement)."""
     if not results:
         return
     now = _now()
     await session.execute(attempts.insert(), [{
         "delivery_id": r["delivery_id"], "attempt": r["attempt"], "started_at": r["started_at"],
         "latency_ms": r["latency_ms"], "http_status": r["http_status"], "error": r["error"],
-        "response_excerpt": r["excerpt"],
+        "response_excerpt": r["excerpt"], "outcome": OUTCOMES[r["state"]], "reason": r["reason"],
+        "next_attempt_at": r["due_at"],
     } for r in results])
+    await _record_endpoint_outcomes(session, results)
     await session.execute(
         update(deliveries).where(deliveries.c.delivery_id == bindparam("b_id")).values(
             attempts=bindparam("b_attempt"), state=bindparam("b_state"), leased_until=None, reason=bindparam("b_reason"),
@@ -149,6 +175,25 @@ async def record_attempts(session: AsyncSession, results: list[dict]) -> None:
         [{"b_id": r["delivery_id"], "b_attempt": r["attempt"], "b_state": r["state"], "b_reason": r["reason"],
           "b_due_at": r["due_at"], "b_finished_at": None if r["state"] == "pending" else now} for r in results],
     )
+
+
+async def _record_endpoint_outcomes(session: AsyncSession, results: list[dict]) -> None:
+    """Keep each endpoint's latest success, and latest failure with its reason."""
+    latest: dict[str, dict] = {}
+    for r in results:
+        seen = latest.setdefault(r["row"]["endpoint"], {"b_ok": None, "b_failed": None, "b_error": None})
+        if r["state"] == "delivered":
+            seen["b_ok"] = max(filter(None, (seen["b_ok"], r["started_at"])))
+        elif seen["b_failed"] is None or r["started_at"] > seen["b_failed"]:
+            seen.update(b_failed=r["started_at"], b_error=r["reason"])
+    ok, failed = (bindparam(n, type_=DateTime(timezone=True)) for n in ("b_ok", "b_failed"))
+    newer = and_(failed.is_not(None), or_(endpoints.c.last_failure_at.is_(None), endpoints.c.last_failure_at <= failed))
+    # One row per endpoint, in endpoint order: two instances' batches never lock endpoints in opposite orders.
+    await session.execute(update(endpoints).where(endpoints.c.endpoint == bindparam("b_endpoint")).values(
+        last_success_at=func.greatest(endpoints.c.last_success_at, ok),  # greatest() skips NULLs
+        last_failure_at=func.greatest(endpoints.c.last_failure_at, failed),
+        last_error=case((newer, bindparam("b_error")), else_=endpoints.c.last_error),
+    ), [{"b_endpoint": e, **v} for e, v in sorted(latest.items())])
 
 
 def _restart(now: datetime) -> dict:
@@ -214,21 +259,40 @@ async def failed_deliveries(session: AsyncSession, limit: int = 100, endpoint: s
     return [dict(r) for r in rows.mappings()]
 
 
+_DELIVERY = (deliveries.c.delivery_id, deliveries.c.alert_id, deliveries.c.thread_id, deliveries.c.endpoint,
+             deliveries.c.agency, deliveries.c.url, deliveries.c.format, deliveries.c.state, deliveries.c.attempts,
+             deliveries.c.created_at, deliveries.c.due_at, deliveries.c.finished_at, deliveries.c.reason)
+_ATTEMPT = (attempts.c.attempt, attempts.c.started_at, attempts.c.latency_ms, attempts.c.outcome, attempts.c.http_status,
+            attempts.c.error, attempts.c.reason, attempts.c.response_excerpt, attempts.c.next_attempt_at)
+
+
+async def _attempts_of(session: AsyncSession, ids: Sequence[UUID]) -> dict[UUID, list[dict]]:
+    rows = await session.execute(select(attempts.c.delivery_id, *_ATTEMPT).where(attempts.c.delivery_id.in_(ids))
+                                 .order_by(attempts.c.delivery_id, attempts.c.attempt))
+    found: dict[UUID, list[dict]] = {i: [] for i in ids}
+    for r in rows.mappings():
+        found[r["delivery_id"]].append({k: v for k, v in r.items() if k != "delivery_id"})
+    return found
+
+
 async def delivery_with_attempts(session: AsyncSession, delivery_id: UUID) -> dict | None:
-    """Return one delivery's state and every attempt made (status, latency, response excerpt)."""
-    row = (await session.execute(
-        select(deliveries.c.delivery_id, deliveries.c.alert_id, deliveries.c.endpoint, deliveries.c.state,
-               deliveries.c.attempts, deliveries.c.due_at, deliveries.c.reason, deliveries.c.finished_at)
-        .where(deliveries.c.delivery_id == delivery_id)
-    )).mappings().first()
+    """Return one delivery's state and every attempt made (outcome, status, latency, response excerpt)."""
+    row = (await session.execute(select(*_DELIVERY).where(deliveries.c.delivery_id == delivery_id))).mappings().first()
     if row is None:
         return None
-    tries = await session.execute(
-        select(attempts.c.attempt, attempts.c.started_at, attempts.c.latency_ms, attempts.c.http_status,
-               attempts.c.error, attempts.c.response_excerpt).where(attempts.c.delivery_id == delivery_id)
-        .order_by(attempts.c.attempt)
-    )
-    return {**row, "attempt_log": [dict(t) for t in tries.mappings()]}
+    return {**row, "attempt_log": (await _attempts_of(session, [delivery_id]))[delivery_id]}
+
+
+async def deliveries_of_alert(session: AsyncSession, alert_id: UUID) -> list[dict]:
+    """Return every delivery of an alert (escalations included), oldest first, each with its attempts
+    and the recipient agency's acknowledgement state."""
+    rows = (await session.execute(
+        select(*_DELIVERY, ack_watch.c.state.label("ack_state"), ack_watch.c.delivery_id.label("watched"))
+        .outerjoin(ack_watch, and_(ack_watch.c.alert_id == deliveries.c.alert_id, ack_watch.c.agency == deliveries.c.agency))
+        .where(deliveries.c.alert_id == alert_id).order_by(deliveries.c.created_at, deliveries.c.endpoint)
+    )).mappings().all()
+    tries = await _attempts_of(session, [r["delivery_id"] for r in rows])
+    return [{**r, "attempt_log": tries[r["delivery_id"]]} for r in rows]
 
 
 async def count_pending(session: AsyncSession, endpoint: str) -> int:

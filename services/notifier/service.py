@@ -57,21 +57,81 @@ async def record_action(
     await repository.add_outbox(session, topic=settings.topic(topics.OPERATIONS_ACTIONS.name), key=target, value=env.to_bytes())
 
 
-async def replay_delivery(session: AsyncSession, settings: Settings, delivery_id: UUID, *, actor: str) -> dict | None:
-    """Send a dead-lettered delivery again with the same webhook-id; None if it is not failed."""
+class Refused(Exception):
+    """An operator's act that cannot be done: `status` 404 (nothing by that id) or 409 (not in a state
+    that allows it), and why, in one sentence."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _at(t: datetime | None) -> str:
+    return t.isoformat(timespec="seconds") if t else "?"
+
+
+def why_not_replayable(row: dict) -> str:
+    """Return why a delivery that is not dead-lettered cannot be replayed."""
+    if row["state"] == "delivered":
+        return f"already delivered at {_at(row['finished_at'])} (attempt {row['attempts']})"
+    if row["attempts"] == 0:
+        return f"still pending (no attempt yet, due at {_at(row['due_at'])})"
+    return f"still pending (attempt {row['attempts']} made, next at {_at(row['due_at'])})"
+
+
+async def replay_delivery(session: AsyncSession, settings: Settings, delivery_id: UUID, *, actor: str) -> dict:
+    """Send a dead-lettered delivery again with the same webhook-id; raise Refused if it is unknown or not failed."""
     row = await repository.replay(session, delivery_id)
-    if row:
-        await record_action(session, settings, action="delivery.replay", target=str(delivery_id), actor=actor,
-                            detail={"endpoint": row["endpoint"]}, alert_id=row["alert_id"])
+    if row is None:
+        found = await repository.delivery_row(session, delivery_id)
+        if found is None:
+            raise Refused(404, f"no delivery {delivery_id}")
+        raise Refused(409, why_not_replayable(found))
+    await record_action(session, settings, action="delivery.replay", target=str(delivery_id), actor=actor,
+                        detail={"endpoint": row["endpoint"]}, alert_id=row["alert_id"])
     return row
 
 
-async def recover_endpoint(session: AsyncSession, settings: Settings, endpoint: str, since: datetime, *, actor: str) -> int:
-    """Send again every delivery to `endpoint` that failed since `since`; return how many."""
+async def recover_endpoint(
+    session: AsyncSession, settings: Settings, endpoint: str, since: datetime, *, actor: str,
+) -> tuple[int, str | None]:
+    """Send again every delivery to `endpoint` that failed since `since`; return how many, and why none if none.
+
+    Raise Refused for an endpoint the notifier does not know.
+    """
+    if not await repository.endpoint_exists(session, endpoint):
+        raise Refused(404, f"no endpoint {endpoint}")
     count = await repository.recover(session, endpoint, since)
     await record_action(session, settings, action="endpoint.recover", target=endpoint, actor=actor,
                         detail={"since": since.isoformat(), "replayed": count})
-    return count
+    if count:
+        return count, None
+    last = await repository.last_failed(session, endpoint)
+    if last is None:
+        return 0, f"no delivery to {endpoint} is dead-lettered"
+    return 0, f"no delivery to {endpoint} failed since {_at(since)}; its latest dead letter failed at {_at(last)}"
+
+
+def channel_of(url: str) -> str:
+    return "email" if url.startswith("mailto:") else "webhook"
+
+
+def present_delivery(row: dict) -> dict:
+    """Return a stored delivery as operators see it: channel, webhook-id, next attempt, escalation."""
+    out = {k: v for k, v in row.items() if k not in ("due_at", "watched")}
+    watched, escalation = row.get("watched"), None
+    if watched and row["delivery_id"] == derived_id(watched, "resend"):
+        escalation = "resend"
+    elif watched and row["delivery_id"] == derived_id(watched, "escalate", row["endpoint"]):
+        escalation = "fallback"
+    return {**out, "webhook_id": str(row["delivery_id"]), "channel": channel_of(row["url"]),
+            "next_attempt_at": row["due_at"] if row["state"] == "pending" else None,
+            **({"ack_state": row.get("ack_state"), "escalation": escalation} if "watched" in row else {})}
+
+
+def endpoint_health(endpoint: dict, counts: dict[str, int] | None, circuit: dict) -> dict:
+    """Return an endpoint's state with its health: this instance's circuit, its delivery counts, its last outcomes."""
+    return {**endpoint, "circuit": circuit, "deliveries": counts or {"pending": 0, "delivered": 0, "failed": 0}}
 
 
 async def set_enabled(

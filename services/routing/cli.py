@@ -90,7 +90,7 @@ def rules_show() -> None:
         finally:
             await engine.dispose()
 
-    table = Table("activated", "version", "by")
+    table = Table("activated", "version", "by", "source")
     for row in asyncio.run(main()):
-        table.add_row(f"{row['activated_at']:%Y-%m-%d %H:%M:%S}", row["hash"], row["activated_by"])
+        table.add_row(f"{row['activated_at']:%Y-%m-%d %H:%M:%S}", row["hash"], row["by"], row["source"] or "")
     console.print(table)

@@ -30,4 +30,5 @@ activations = Table(
     Column("hash", String(80), nullable=False),
     Column("activated_at", DateTime(timezone=True), nullable=False),
     Column("activated_by", Text, nullable=False),
+    Column("source", String(16), comment="bootstrap, cli or api (None: activated before 0003)"),
 )

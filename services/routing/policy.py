@@ -252,3 +252,20 @@ def view(alert: Alert, recipient: Recipient, *, alert_id: UUID, thread_id: UUID,
     if forwarded_by:
         body["forwarded_by"] = forwarded_by
     return body
+
+
+def outcomes(decision: AlertRouted) -> dict[str, str]:
+    """Return each candidate's outcome in a decision, by unit (or agency) id, as a short phrase."""
+    found = {}
+    for r in decision.recipients:
+        found[r.unit or r.agency] = f"{r.profile.value} view" + (f" without {', '.join(r.redacted)}" if r.redacted else "")
+    for d in decision.denied:
+        found.setdefault(d.unit or d.agency, f"denied: {d.code}")
+    return found
+
+
+def differences(before: AlertRouted, after: AlertRouted) -> list[dict]:
+    """Return every candidate whose outcome differs between two decisions (None: not a candidate)."""
+    old, new = outcomes(before), outcomes(after)
+    return [{"target": t, "before": old.get(t), "after": new.get(t)}
+            for t in sorted(old.keys() | new.keys()) if old.get(t) != new.get(t)]

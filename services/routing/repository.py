@@ -46,8 +46,9 @@ async def store_version(session: AsyncSession, *, hash: str, content: dict, by: 
     ).on_conflict_do_nothing())
 
 
-async def activate(session: AsyncSession, *, hash: str, by: str) -> None:
-    await session.execute(activations.insert().values(hash=hash, activated_at=datetime.now(timezone.utc), activated_by=by))
+async def activate(session: AsyncSession, *, hash: str, by: str, source: str) -> None:
+    await session.execute(activations.insert().values(
+        hash=hash, activated_at=datetime.now(timezone.utc), activated_by=by, source=source))
 
 
 async def active_version(session: AsyncSession) -> tuple[str, dict] | None:
@@ -64,5 +65,16 @@ async def active_hash(session: AsyncSession) -> str | None:
 
 
 async def history(session: AsyncSession, limit: int = 50) -> list[dict]:
-    rows = await session.execute(select(activations).order_by(activations.c.id.desc()).limit(limit))
+    """Return the latest activations, newest first: hash, activated_at, by, source."""
+    rows = await session.execute(select(
+        activations.c.hash, activations.c.activated_at, activations.c.activated_by.label("by"), activations.c.source,
+    ).order_by(activations.c.id.desc()).limit(limit))
     return [dict(r) for r in rows.mappings()]
+
+
+async def version(session: AsyncSession, hash: str) -> dict | None:
+    """Return one stored version: its content, when and by whom it was first stored."""
+    row = (await session.execute(
+        select(rulesets.c.hash, rulesets.c.content, rulesets.c.created_at, rulesets.c.created_by).where(rulesets.c.hash == hash)
+    )).mappings().first()
+    return dict(row) if row else None

@@ -44,7 +44,7 @@ class ActiveNetwork:
                     self.current = self.current or Compiled(network)
                     return False
                 await repository.store_version(session, hash=network.hash, content=network.content(), by=by)
-                await repository.activate(session, hash=network.hash, by=by)
+                await repository.activate(session, hash=network.hash, by=by, source=source)
                 await session.commit()
             self.current = Compiled(network)
             event = RulesChanged(ruleset_hash=network.hash, previous_hash=previous, changed_by=by, source=source,

@@ -197,3 +197,26 @@ async def test_blonet_audit_verify_export_and_trail(alone, auditor, tmp_path):
     assert code == 0 and "extends your saved checkpoint" in out, out
     code, out = await run_cli("verify", *base[:4], "--key", "other+00000000+AQ==")
     assert code == 2 and "verifier key" in out
+
+
+async def test_operators_read_a_trail_the_checkpoint_and_inclusion_proofs_and_each_read_is_logged(alone, auditor):
+    raw = submitted_record()
+    alert_id = json.loads(raw)["alert_id"]
+    await produce_raw(alone, topics.ALERTS_SUBMITTED.name, raw)
+    await auditor.wait_for(f"/v1/trail/{alert_id}", lambda b: b["entries"])
+    await auditor.sign()
+    operator = Auditor(auditor.http, auditor.base, token(alone, Role.OPERATOR))
+    trail = await operator.get(f"/v1/trail/{alert_id}")
+    cp = open_checkpoint(await operator.get("/v1/checkpoint"), keys.load_signing_key(alone).verifier)
+    first = trail["entries"][0]
+    proof = await operator.get("/v1/proofs/inclusion", hash=first["leaf_hash"], tree_size=cp.size)
+    assert verify_inclusion(first["index"], cp.size, base64.b64decode(first["leaf_hash"]),
+                            [base64.b64decode(h) for h in proof["hashes"]], cp.root)
+    for path, params in [("/v1/search", {}), ("/v1/entries", {}), ("/v1/proofs/consistency", {"first": 1}),
+                         ("/v1/checkpoints", {})]:
+        body = await operator.get(path, expect=403, **params)
+        assert "needs role auditor" in body["detail"], "the rest of the log stays the auditors'"
+    found = await auditor.get("/v1/search", type="audit.access", agency="unodc", limit=1000)
+    reads = [(e["fields"]["request"]["path"], e["fields"]["actor"]["key_id"]) for e in found["entries"]]
+    for path in (f"/v1/trail/{alert_id}", "/v1/checkpoint", "/v1/proofs/inclusion"):
+        assert (path, "test-operator") in reads, (path, reads[-5:])

@@ -29,21 +29,22 @@ from tests.integration.conftest import in_session
 
 pytestmark = pytest.mark.stack
 PORT = port(20)
-NAMES = ("flaky", "down", "slow", "fast", "limited", "gone", "redirect", "breaker", "dead", "rotated", "recover")
+NAMES = ("flaky", "down", "slow", "fast", "limited", "gone", "redirect", "breaker", "dead", "rotated", "recover", "health",
+         "waiting")
 
 
 class Endpoints:
     """Test endpoints that verify every request's signature, then answer as their name says.
 
     flaky fails twice then accepts; down always 503; slow takes 3 s; limited answers 429 with
-    Retry-After: 2 once; gone answers 410; redirect answers 302; breaker/dead/recover fail while
-    their name is in `failing`; everything else accepts.
+    Retry-After: 2 once; gone answers 410; redirect answers 302; breaker/dead/recover/health fail
+    while their name is in `failing`; everything else accepts.
     """
 
     def __init__(self, secrets: dict[str, list[str]]) -> None:
         self.secrets = secrets
         self.calls: dict[str, list[tuple[float, str]]] = defaultdict(list)
-        self.failing = {"breaker", "dead", "recover"}
+        self.failing = {"breaker", "dead", "recover", "health"}
         self.bad_signatures: list[str] = []
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -255,7 +256,7 @@ async def test_dead_letters_are_replayed_one_or_all_since_a_time_audited(setting
         async with http.post(f"{base}/endpoints/ep-test-recover/recover", json={"since": since.isoformat()}) as r:
             assert (await r.json())["replayed"] == 2
         async with http.post(f"{base}/deliveries/{new_id()}/replay") as r:
-            assert r.status == 409
+            assert r.status == 404
     assert (await wait_for_state(settings, one["dead"], "delivered"))[-1] == 204
     for m in many:
         await wait_for_state(settings, m["recover"], "delivered")
@@ -302,3 +303,67 @@ async def test_refused_connections_and_garbage_answers_are_failures_with_the_rea
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_operators_see_an_alerts_deliveries_endpoint_health_and_why_a_replay_is_refused(settings, services, endpoints):
+    alert_id = new_id()
+    ids = await request_deliveries(settings, ["health", "fast"], alert_id=alert_id)
+    await wait_for_state(settings, ids["fast"], "delivered")
+    await wait_for_state(settings, ids["health"], "failed")
+    base = f"http://127.0.0.1:{settings.notifier_port}/v1"
+    async with aiohttp.ClientSession(headers=operator_headers(settings)) as http:
+        async with http.get(f"{base}/deliveries", params={"alert_id": str(alert_id)}) as r:
+            assert r.status == 200, await r.text()
+            found = {d["endpoint"]: d for d in await r.json()}
+        assert set(found) == {"ep-test-health", "ep-test-fast"}
+        failed = found["ep-test-health"]
+        assert (failed["webhook_id"], failed["channel"], failed["agency"], failed["state"]) == (
+            ids["health"], "webhook", "kg-sbs", "failed")
+        log = failed["attempt_log"]
+        assert [(a["outcome"], a["http_status"]) for a in log] == [("retrying", 500)] * 3 + [("failed", 500)]
+        assert all(a["next_attempt_at"] for a in log[:3]) and log[3]["next_attempt_at"] is None
+        assert log[0]["response_excerpt"] == "health failing" and log[0]["reason"] == "HTTP 500"
+        assert "exhausted after 4 attempts" in log[3]["reason"] and log[0]["latency_ms"] >= 0
+        assert found["ep-test-fast"]["attempt_log"][0]["outcome"] == "delivered"
+
+        async with http.get(f"{base}/endpoints") as r:
+            health = {e["endpoint"]: e for e in await r.json()}
+        sick, well = health["ep-test-health"], health["ep-test-fast"]
+        assert sick["circuit"]["state"] == "open" and sick["circuit"]["consecutive_failures"] == 4
+        assert datetime.fromisoformat(sick["circuit"]["open_until"]) > datetime.now(timezone.utc)
+        assert sick["deliveries"]["failed"] == 1 and sick["last_success_at"] is None
+        assert "exhausted after 4 attempts; last: HTTP 500" in sick["last_error"] and sick["last_failure_at"]
+        assert well["circuit"] == {"state": "closed", "consecutive_failures": 0, "open_until": None}
+        assert well["last_success_at"] and well["deliveries"]["delivered"] >= 1
+
+        async with http.post(f"{base}/deliveries/{ids['fast']}/replay") as r:
+            assert r.status == 409 and (await r.json())["detail"].startswith("already delivered at 20"), await r.text()
+        async with http.post(f"{base}/deliveries/{new_id()}/replay") as r:
+            assert r.status == 404 and "no delivery" in (await r.json())["detail"]
+        async with http.post(f"{base}/endpoints/ep-test-waiting/disable") as r:
+            assert r.status == 200
+        waiting = await request_deliveries(settings, ["waiting"])
+        await wait_for(lambda: attempt_log(settings, waiting["waiting"]), lambda found: found[0] == "pending")
+        async with http.post(f"{base}/deliveries/{waiting['waiting']}/replay") as r:
+            assert r.status == 409 and (await r.json())["detail"].startswith("still pending (no attempt yet, due at")
+        async with http.post(f"{base}/endpoints/ep-test-waiting/enable") as r:
+            assert r.status == 200
+
+        since = {"since": datetime.now(timezone.utc).isoformat()}
+        async with http.post(f"{base}/endpoints/ep-test-nobody/recover", json=since) as r:
+            assert r.status == 404 and "no endpoint ep-test-nobody" in await r.text()
+        async with http.post(f"{base}/endpoints/ep-test-waiting/recover", json=since) as r:
+            assert await r.json() == {"endpoint": "ep-test-waiting", "replayed": 0,
+                                      "reason": "no delivery to ep-test-waiting is dead-lettered"}
+        async with http.post(f"{base}/endpoints/ep-test-health/recover", json=since) as r:
+            body = await r.json()
+        assert body["replayed"] == 0 and "its latest dead letter failed at" in body["reason"], body
+
+
+async def wait_for(probe, done, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done(found := await probe()):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gave up waiting: {found}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from services.notifier import repository
@@ -12,7 +13,7 @@ from shared.events import AckStatus, AlertAcknowledged, Envelope
 from shared.ids import new_id
 from shared.kafka import make_producer, send
 from tests.integration.conftest import in_session, network_dir, start_service, wait_ready
-from tests.integration.test_notifier import events_on, register, request_deliveries
+from tests.integration.test_notifier import events_on, operator_headers, register, request_deliveries
 from tests.integration.test_notifier_crash import (NOTIFIER_PORTS, RECEIVER_PORT, crash_settings, notifier_env,  # noqa: F401
                                                    receiver)
 
@@ -60,5 +61,11 @@ async def test_unacknowledged_alert_is_resent_and_escalated_acknowledged_one_is_
         assert len(receiver.calls["acked"]) == 1, "an acknowledged alert is not escalated"
         acts = await events_on(s, topics.OPERATIONS_ACTIONS.name, lambda p: p["action"] == "alert.escalate")
         assert [a["detail"]["resent_to"] for a in acts] == [["ep-test-esc", FALLBACK]]
+        async with aiohttp.ClientSession(headers=operator_headers(s)) as http:
+            async with http.get(f"http://127.0.0.1:{NOTIFIER_PORTS[0]}/v1/deliveries", params={"alert_id": str(late_alert)}) as r:
+                shown = await r.json()
+        assert sorted((d["endpoint"], d["escalation"] or "") for d in shown) == [
+            (FALLBACK, "fallback"), ("ep-test-esc", ""), ("ep-test-esc", "resend")], "operators see what escalation added"
+        assert {d["ack_state"] for d in shown} == {"escalated"}
     finally:
         proc.stop()

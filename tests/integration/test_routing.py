@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from demo.scenario import PRECURSORS
+from demo.scenario import PRECURSORS, SCENARIO
 from shared import topics
 from shared.auth import Role
 from shared.events import AlertForwarded, Envelope, RulesChanged
@@ -146,3 +146,57 @@ async def test_rule_changes_are_validated_activated_everywhere_and_announced(set
             async with http.put(f"{urls[0]}/v1/routing/rules", json=active["content"], headers=operator) as r:
                 assert r.status == 200
         await asyncio.sleep(2.5)
+
+
+async def test_explain_under_a_candidate_compare_it_read_any_version_and_roll_back(settings, services):
+    base = f"http://127.0.0.1:{settings.routing_port}/v1/routing"
+    async with aiohttp.ClientSession() as http:
+        operator = await token_for(settings, http, "unodc", Role.OPERATOR)
+        async with http.get(f"{base}/rules", headers=operator) as r:
+            active = await r.json()
+        assert set(active["history"][0]) == {"hash", "activated_at", "by", "source"}
+        assert active["history"][0]["hash"] == active["ruleset_hash"]
+        candidate = copy.deepcopy(active["content"])
+        candidate["rules"]["rules"][0]["deny"] = ["unodc"]
+        candidate["rules"]["rules"][0]["deny_reason"] = "UNODC reads this category elsewhere"
+        alert = {"alert": SCENARIO}
+
+        async with http.post(f"{base}/explain", json=alert, headers=operator) as r:
+            now = await r.json()
+        async with http.post(f"{base}/explain", json={**alert, "content": candidate}, headers=operator) as r:
+            assert r.status == 200, await r.text()
+            then = await r.json()
+        assert "unodc" in {x["agency"] for x in now["recipients"]}
+        assert ("unodc", "denied_by_rule") in {(d["agency"], d["code"]) for d in then["denied"]}
+        assert then["ruleset_hash"] != active["ruleset_hash"] == now["ruleset_hash"]
+        async with http.post(f"{base}/explain/compare", json={**alert, "content": candidate}, headers=operator) as r:
+            compared = await r.json()
+        assert compared["changes"] == [{"target": "unodc", "before": "summary view", "after": "denied: denied_by_rule"}]
+        assert compared["active"] == now and compared["candidate"] == then
+        bad = {**candidate, "rules": {"rules": [{"id": "x", "named": ["ghost"]}]}}
+        for path in ("explain", "explain/compare"):
+            async with http.post(f"{base}/{path}", json={**alert, "content": bad}, headers=operator) as r:
+                assert r.status == 422 and (await r.json())["detail"]["problems"] == ["rules: rule x: unknown agency or unit ghost"]
+        async with http.get(f"{base}/rules", headers=operator) as r:
+            assert (await r.json())["ruleset_hash"] == active["ruleset_hash"], "explaining activates nothing"
+
+        async with http.get(f"{base}/rules/{active['ruleset_hash']}", headers=operator) as r:
+            stored = await r.json()
+        assert stored["content"] == active["content"] and stored["created_by"]
+        async with http.get(f"{base}/rules/sha256:{'0' * 64}", headers=operator) as r:
+            assert r.status == 404
+
+        try:
+            async with http.put(f"{base}/rules", json=candidate, headers=operator) as r:
+                changed = await r.json()
+            async with http.put(f"{base}/rules", json=stored["content"], headers=operator) as r:
+                assert await r.json() == {"ruleset_hash": active["ruleset_hash"], "changed": True}, "rolled back"
+        finally:
+            async with http.put(f"{base}/rules", json=active["content"], headers=operator) as r:
+                assert r.status == 200
+        async with http.get(f"{base}/rules", headers=operator) as r:
+            after = await r.json()
+        assert after["ruleset_hash"] == active["ruleset_hash"]
+        assert [(h["hash"], h["source"]) for h in after["history"][:2]] == [
+            (active["ruleset_hash"], "api"), (changed["ruleset_hash"], "api")]
+        assert after["history"][0]["by"].startswith("key:")

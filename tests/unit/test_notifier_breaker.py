@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.notifier.breaker import (Circuit, CircuitState, bucket_take, bucket_wait, circuit_after,
-                                       circuit_allows, circuit_blocked)
+                                       circuit_allows, circuit_blocked, circuit_report)
 
 THRESHOLD, COOLDOWN = 3, 10.0
 
@@ -74,3 +74,12 @@ def test_bucket_never_exceeds_burst_plus_rate_times_elapsed(gaps, rate, burst):
         assert taken <= burst + rate * now + 1e-9
         assert 0 <= b.tokens <= burst
         assert (bucket_wait(b, now, rate, burst) == 0) == (b.tokens >= 1)
+
+
+def test_report_says_how_long_an_open_circuit_waits_before_its_probe():
+    c = Circuit()
+    assert circuit_report(c, 0, COOLDOWN) == {"state": "closed", "consecutive_failures": 0, "probe_in_seconds": None}
+    for t in range(THRESHOLD):
+        c = circuit_after(c, False, t, THRESHOLD)
+    assert circuit_report(c, 5, COOLDOWN) == {"state": "open", "consecutive_failures": 3, "probe_in_seconds": 7}
+    assert circuit_report(c, 50, COOLDOWN)["probe_in_seconds"] == 0, "due: the next delivery is the probe"

@@ -9,7 +9,7 @@ import pytest
 from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, FORWARD_TO, PRECURSORS, SCENARIO, YEAR
 from services.routing.compiled import Compiled
 from services.routing.network import load_network, network_from
-from services.routing.policy import Thread, decide, decide_forward, view
+from services.routing.policy import Thread, decide, decide_forward, differences, view
 from shared.alerts import Alert
 from shared.events import AlertForwarded, ViewProfile
 from shared.settings import REPO
@@ -109,6 +109,16 @@ def test_deny_rule_overrides_everything_including_addressees():
     got = outcome(d)
     assert got["kg-customs-dostuk"] == "denied_by_rule" and got["unodc"] == "denied_by_rule"
     assert "their own channel" in next(x.explanation for x in d.denied if x.agency == "kg-customs")
+
+
+def test_differences_name_each_candidate_whose_outcome_changes():
+    doc = NET.network.content()
+    doc["rules"]["rules"][0]["deny"] = ["unodc"]
+    a = alert(personal_data={"names": ["A. Example"]})
+    before, after = route(a), route(a, net=Compiled(network_from(doc)))
+    assert differences(before, after) == [
+        {"target": "unodc", "before": "summary view without personal_data", "after": "denied: denied_by_rule"}]
+    assert differences(before, before) == []
 
 
 def test_handling_codes_travel_into_every_view():
