@@ -8,11 +8,13 @@ import asyncio
 from typing import Annotated
 from uuid import UUID
 
+import orjson
+
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import AwareDatetime
 
-from services.gateway import ops, service
+from services.gateway import ops
 from services.gateway.service import ApiError, Caller
 from shared.auth import Role
 from shared.service import Runtime
@@ -42,7 +44,7 @@ def router(rt: Runtime, hub: ops.FlowHub, authenticate) -> APIRouter:
         """Every alert (newest first) with each recipient's state and every denial, filtered."""
         async with rt.sessions() as session:
             found = await ops.summaries(session, f, limit, before)
-        return Response(service.dumps({"alerts": found}), media_type="application/json")
+        return Response(_dumps({"alerts": found}), media_type="application/json")
 
     @api.get("/alerts/{alert_id}")
     async def one_alert(alert_id: UUID, _: Operator) -> Response:
@@ -53,7 +55,7 @@ def router(rt: Runtime, hub: ops.FlowHub, authenticate) -> APIRouter:
                 raise ApiError(404, "not_found", f"no alert {alert_id}")
             found["forwards"] = await ops.forwards_of(session, alert_id)
             found["thread"] = await ops.thread(session, found["thread_id"])
-        return Response(service.dumps(found), media_type="application/json")
+        return Response(_dumps(found), media_type="application/json")
 
     @api.get("/stream")
     async def stream(_: Operator, f: Filtered,
@@ -65,7 +67,12 @@ def router(rt: Runtime, hub: ops.FlowHub, authenticate) -> APIRouter:
     return api
 
 
+def _dumps(value: object) -> bytes:
+    # Row keys from SQLAlchemy are str subclasses, which orjson only takes with OPT_NON_STR_KEYS.
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
 async def _sse(rt: Runtime, hub: ops.FlowHub, f: ops.Filters, until_seconds: float):
     yield b"retry: 1000\n\n"
     async for s in ops.changes(rt, hub, f, asyncio.get_running_loop().time() + until_seconds):
-        yield b": keep-alive\n\n" if not s else b"event: alert\ndata: %s\n\n" % service.dumps(s)
+        yield b": keep-alive\n\n" if not s else b"event: alert\ndata: %s\n\n" % _dumps(s)

@@ -46,7 +46,7 @@ async def keys(settings) -> dict[str, str]:
 
 
 @pytest.fixture
-async def page(browser, settings, keys, tmp_path) -> Page:
+async def page(browser, settings, services, keys) -> Page:
     context = await browser.new_context(base_url=settings.public_base_url, viewport={"width": 1400, "height": 900},
                                         locale="en-GB")
     page = await context.new_page()
@@ -256,3 +256,39 @@ async def test_system_page_and_language_switch(page, tmp_path):
     await expect(page.locator("h1")).to_contain_text("Поток")
     await page.click("#lang-switch")
     await expect(page.locator("h1")).to_contain_text("Live flow")
+
+
+async def test_activate_a_version_with_confirmation_then_roll_back(page, settings, keys):
+    status, rules = await operator_call(settings, keys["operator"], "routing", "GET", "/v1/routing/rules")
+    original = rules["ruleset_hash"]
+    changed = copy.deepcopy(rules["content"])
+    changed["rules"]["rules"][0]["description"] += " (reviewed)"
+    await page.goto("/console/rules")
+    await page.fill("#content", "rules: [")
+    await page.click("#activate-form button")
+    await expect(page.locator("#content-error")).to_be_visible()  # not YAML: refused next to the field
+    await page.fill("#content", json.dumps({"directory": changed["directory"], "rules": {"rules": "nonsense"}}))
+    await page.click("#activate-form button")
+    await expect(page.locator("h1")).to_contain_text("Activate this version")
+    await page.click("#confirm")
+    await expect(page.locator("#content-error")).to_contain_text("do not validate")
+    assert (await operator_call(settings, keys["operator"], "routing", "GET", "/v1/routing/rules"))[1]["ruleset_hash"] == original
+
+    await page.fill("#content", json.dumps(changed))
+    await page.click("#activate-form button")
+    await expect(page.locator(".preview")).to_contain_text("(reviewed)")
+    await page.click("#confirm")
+    await expect(page.locator("#flash.ok")).to_contain_text("Activated")
+    new = (await operator_call(settings, keys["operator"], "routing", "GET", "/v1/routing/rules"))[1]["ruleset_hash"]
+    assert new != original
+    await expect(page.locator("#active-hash")).to_have_text(new)
+    await page.locator("a.diff").first.click()
+    await expect(page.locator("pre.diff .add")).to_have_count(1)
+    await expect(page.locator("pre.diff .add")).to_contain_text("(reviewed)")
+    await expect(page.locator("pre.diff .del").first).to_be_visible()
+
+    await page.goto("/console/rules")  # roll back from the history
+    await page.locator(f"tr:has(code[title='{original}']) button").first.click()
+    await page.click("#confirm")
+    await expect(page.locator("#flash.ok")).to_contain_text(original)
+    await expect(page.locator("#active-hash")).to_have_text(original)

@@ -220,7 +220,8 @@ def router(rt: Runtime, hub: FlowHub, up: Upstream) -> APIRouter:
             answer = await up.get(who.principal, "routing", f"/v1/routing/rules/{digest}")
             if not answer.ok:
                 return render(request, "error.html", who, answer.status, message=f"{digest}: {answer.detail()}")
-            docs[name] = yaml.safe_dump(answer.body.get("content", answer.body), sort_keys=True, allow_unicode=True).splitlines()
+            docs[name] = yaml.safe_dump(answer.body.get("content", answer.body), sort_keys=True, allow_unicode=True,
+                                        width=10_000).splitlines()
         lines = list(difflib.unified_diff(docs["old"], docs["new"], old[:19], new[:19], lineterm="", n=3))
         return render(request, "diff.html", who, old=old, new=new, lines=lines)
 
