@@ -131,6 +131,8 @@ def where_to_look(settings: Settings, keys: dict[str, str], alert_hint: str = "<
     g, a = settings.gateway_port, settings.audit_port
     return (
         f"\nWhere to look:\n"
+        f"  operations console:                       http://127.0.0.1:{g}/console  (sign in with the operator key below)\n"
+        f"  operator key:  {keys['operator']}\n"
         f"  demo inboxes (what each agency received): http://127.0.0.1:{settings.demo_inbox_port}/\n"
         f"  gateway API docs:                         http://127.0.0.1:{g}/docs\n"
         f"  alert status:  curl -H 'Authorization: Bearer {keys['submit']}' http://127.0.0.1:{g}/v1/alerts/{alert_hint}\n"

@@ -162,9 +162,12 @@ async def flow_stats(session: AsyncSession, now: datetime, window: timedelta = t
     failed = await session.scalar(select(func.count()).select_from(recipients).where(
         recipients.c.state == "failed", recipients.c.updated_at >= since))
     total = await session.scalar(select(func.count()).select_from(alerts).where(alerts.c.received_at >= since))
+    counts = {r.minute: r.n for r in accepted}
+    first = now.replace(second=0, microsecond=0) - window + timedelta(minutes=1)
+    minutes = [first + timedelta(minutes=k) for k in range(int(window.total_seconds() // 60))]
     return {
         "window_seconds": window.total_seconds(), "alerts": total, "deliveries": overall["deliveries"], "failed": failed,
-        "alerts_per_minute": [{"minute": r.minute, "n": r.n} for r in accepted],
+        "alerts_per_minute": [{"minute": m, "n": counts.get(m, 0)} for m in minutes],
         "latency_p50_seconds": overall["p50"], "latency_p95_seconds": overall["p95"],
     }
 

@@ -218,11 +218,11 @@ async def test_dry_run_of_a_rule_change(page, settings, keys, tmp_path):
                                            "continue": True})
     await page.goto("/console/rules")
     await expect(page.locator("#active-hash")).to_have_text(rules["ruleset_hash"])
-    await page.fill("#alert_json", json.dumps(SCENARIO))
+    await page.fill("#alert_json", json.dumps(SCENARIO, ensure_ascii=False))
     await page.fill("#candidate", "{ not json")
     await page.click("#run")
     await expect(page.locator("#candidate-error")).to_be_visible()
-    await page.fill("#candidate", json.dumps(candidate))
+    await page.fill("#candidate", json.dumps(candidate, ensure_ascii=False))
     await page.click("#run")
     result = page.locator("#dry-run-result")
     await expect(result).to_be_visible()
@@ -246,7 +246,8 @@ async def test_system_page_and_language_switch(page, tmp_path):
     await page.goto("/console/system")
     for service in ("gateway", "routing", "notifier", "audit"):
         await expect(page.locator(f"#service-{service}")).to_contain_text("yes")
-    await expect(page.locator("table.lag tbody tr").first).to_be_visible()
+    await expect(page.locator("#group-gateway-status")).to_be_visible()
+    await expect(page.locator("#group-notifier")).to_contain_text("0")
     assert int(await page.locator("#stat-alerts").inner_text()) >= 1
     await shot(page, "system", tmp_path)
     await page.click("#lang-switch")
@@ -254,6 +255,7 @@ async def test_system_page_and_language_switch(page, tmp_path):
     await expect(page.locator("nav")).to_contain_text("Поток")
     await page.goto("/console")
     await expect(page.locator("h1")).to_contain_text("Поток")
+    await shot(page, "flow-ru", tmp_path)
     await page.click("#lang-switch")
     await expect(page.locator("h1")).to_contain_text("Live flow")
 

@@ -1,12 +1,16 @@
 """Smoke test of `make run`: the demo comes up, shows the scenario, and Ctrl-C stops everything."""
 from __future__ import annotations
 
+import http.cookiejar
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -50,6 +54,7 @@ def test_make_run_shows_the_scenario_and_stops_cleanly(tmp_path):
             text = log.read_text()
             assert "DEMO SUMMARY: OK — 7/7 recipients delivered, 1 denied with reasons" in text, text[-3000:]
             assert "not_on_route" in text and "Where to look" in text
+            assert_console_shows_the_scenario(text)
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
             # make re-raises SIGINT once its recipe has finished: that is how a clean Ctrl-C ends.
             assert proc.wait(120) in (0, -signal.SIGINT), log.read_text()[-3000:]
@@ -61,3 +66,14 @@ def test_make_run_shows_the_scenario_and_stops_cleanly(tmp_path):
     shutil.rmtree(STACK_DIR, ignore_errors=True)
     busy = [name for name, port in PORTS.items() if not port_free(port)]
     assert not busy, f"ports still taken after Ctrl-C: {busy}\n{text[-2000:]}"
+
+
+def assert_console_shows_the_scenario(text: str) -> None:
+    """The printed operator key signs in to the printed console URL, whose live flow lists the scenario."""
+    url = re.search(r"operations console:\s+(\S+)", text).group(1)
+    key = re.search(r"operator key:\s+(\S+)", text).group(1)
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = urllib.parse.urlencode({"api_key": key}).encode()
+    with browser.open(urllib.request.Request(f"{url}/login", data=form), timeout=10) as page:  # follows the 303
+        html = page.read().decode()
+    assert page.url.rstrip("/").endswith("/console") and "not_on_route" in html and "s-delivered" in html, html[-3000:]

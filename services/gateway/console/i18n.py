@@ -135,6 +135,7 @@ WORDS: dict[str, tuple[str, str]] = {
     "system.committed": ("Committed", "Зафиксировано"),
     "system.end": ("End", "Конец"),
     "system.lag.records": ("Lag", "Отставание"),
+    "system.lag.details": ("Per partition", "По разделам"),
     "system.hour": ("Last hour", "Последний час"),
     "system.alerts": ("Alerts accepted", "Принято оповещений"),
     "system.deliveries": ("Deliveries made", "Доставок"),

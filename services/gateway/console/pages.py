@@ -385,7 +385,8 @@ def router(rt: Runtime, hub: FlowHub, up: Upstream) -> APIRouter:
             lag, lag_error = [], f"{type(exc).__name__}: {exc}"
         async with rt.sessions() as s:
             stats = await ops.flow_stats(s, datetime.now(timezone.utc))
-        return render(request, "system.html", who, services=services, lag=lag, lag_error=lag_error, stats=stats)
+        return render(request, "system.html", who, services=services, lag=lag, groups=system.by_group(lag),
+                      lag_error=lag_error, stats=stats)
 
     return pages
 

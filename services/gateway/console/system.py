@@ -26,6 +26,17 @@ class Lag:
         return max(0, self.end - self.committed)
 
 
+def by_group(lags: list[Lag]) -> list[dict]:
+    """Per group: how many partitions it commits on, its total and its worst lag."""
+    groups: dict[str, dict] = {}
+    for lag in lags:
+        g = groups.setdefault(lag.group, {"group": lag.group, "partitions": 0, "lag": 0, "max": 0})
+        g["partitions"] += 1
+        g["lag"] += lag.lag
+        g["max"] = max(g["max"], lag.lag)
+    return list(groups.values())
+
+
 async def health(up: Upstream) -> list[dict]:
     async def one(service: str) -> dict:
         try:
@@ -52,7 +63,7 @@ async def consumer_lag(settings: Settings, timeout: float = 5.0) -> list[Lag]:
                 if tp.topic.startswith(settings.topic_prefix) and meta.offset >= 0:
                     committed[(group, tp)] = meta.offset
         ends = await reader.end_offsets(list({tp for _, tp in committed})) if committed else {}
-        return [Lag(g, tp.topic.removeprefix(settings.topic_prefix), tp.partition, off, ends.get(tp, off))
+        return [Lag(g.removeprefix(settings.topic_prefix), tp.topic.removeprefix(settings.topic_prefix), tp.partition, off, ends.get(tp, off))
                 for (g, tp), off in sorted(committed.items(), key=lambda kv: (kv[0][0], kv[0][1].topic, kv[0][1].partition))]
     finally:
         await reader.stop()
