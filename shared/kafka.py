@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import Counter
 
 from shared.events import Envelope
+from shared.metrics import CONSUMER_LAG, CONSUMER_RETRIES, EVENTS_REJECTED
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-REJECTED = Counter("blonet_events_rejected_total", "Records a consumer could not use and skipped", ["group", "topic"])
 
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
+LAG_INTERVAL_SECONDS = 1.0  # how often a consumer refreshes its lag gauges
 
 
 def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKafkaProducer:
@@ -54,6 +55,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.runner.commit_done()
+        self.runner.forget_lag(revoked)  # their new owner reports them now
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"group": self.runner.group, "count": len(assigned)})
@@ -80,6 +82,8 @@ class EventConsumer:
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
+        self._lag_reported: set[TopicPartition] = set()
+        self._lag_at = float("-inf")
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -111,11 +115,36 @@ class EventConsumer:
                 for tp, records in batches.items():
                     await self._handle(tp, records)
                 await self.commit_done()
+                await self._report_lag()
         finally:
             try:
                 await self.commit_done()
             finally:
+                self.forget_lag(set(self._lag_reported))
                 await self.consumer.stop()
+
+    async def _report_lag(self) -> None:
+        """Set each assigned partition's lag gauge (high watermark minus position), at most once a second.
+
+        Both are in memory (every fetch response carries the watermark): no broker round trip.
+        """
+        now = time.monotonic()
+        if now - self._lag_at < LAG_INTERVAL_SECONDS:
+            return
+        self._lag_at = now
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:  # not fetched yet, so no position to wait for either
+                continue
+            lag = high - await self.consumer.position(tp)
+            CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(max(0, lag))
+            self._lag_reported.add(tp)
+
+    def forget_lag(self, partitions: set[TopicPartition]) -> None:
+        """Drop the lag gauges of partitions this consumer no longer owns."""
+        for tp in partitions & self._lag_reported:
+            CONSUMER_LAG.remove(self.group, tp.topic, str(tp.partition))
+        self._lag_reported -= partitions
 
     async def _handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         while True:
@@ -132,6 +161,7 @@ class EventConsumer:
                 return
             except Exception:  # database or broker trouble: retry the batch once it may be over
                 log.exception("handler failed; retrying batch", extra={"group": self.group, "topic": tp.topic})
+                CONSUMER_RETRIES.labels(self.group).inc()
                 if self._stopping.is_set():
                     raise
                 await asyncio.sleep(1.0)
@@ -145,5 +175,5 @@ class EventConsumer:
             "group": self.group, "topic": tp.topic, "partition": tp.partition, "offset": record.offset,
             "value_excerpt": (record.value or b"")[:200].decode("utf-8", "replace"),
         })
-        REJECTED.labels(self.group, tp.topic).inc()
+        EVENTS_REJECTED.labels(self.group, tp.topic).inc()
         self._done[tp] = record.offset + 1

@@ -10,16 +10,12 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.metrics import EVENTS_HANDLED, HTTP_REQUESTS  # noqa: F401 (EVENTS_HANDLED: imported from here by the services)
 
 log_context: contextvars.ContextVar[dict] = contextvars.ContextVar("log_context", default={})
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
-
-EVENTS_HANDLED = Counter("blonet_events_handled_total", "Events handled by a consumer", ["service", "type"])
-HTTP_REQUESTS = Histogram(
-    "blonet_http_request_seconds", "HTTP request latency", ["service", "method", "route", "status"],
-    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
 
 
 class JsonFormatter(logging.Formatter):

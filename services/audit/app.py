@@ -6,12 +6,14 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.audit import keys, service
+from services.audit import keys, repository, service
 from services.audit.api import router
 from services.audit.consumer import Recorder
 from services.audit.note import SignerKey
 from shared import topics
+from shared.metrics import AUDIT_CHECKPOINT_SIZE, AUDIT_CHECKPOINT_TIME, AUDIT_TREE_SIZE
 from shared.service import Runtime
 from shared.settings import Settings, get_settings
 
@@ -30,7 +32,16 @@ class Checkpointer:
         async with self.rt.sessions() as session:
             note = await service.sign_checkpoint(session, self.key, self.origin, datetime.now(timezone.utc))
             await session.commit()
+            await self.observe(session)
         return note
+
+    async def observe(self, session: AsyncSession) -> None:
+        """Set the gauges of the tree's size and of the latest checkpoint (its size and when it was signed)."""
+        latest = await repository.latest_checkpoint(session)
+        AUDIT_TREE_SIZE.set(await repository.size(session))
+        if latest:
+            AUDIT_CHECKPOINT_SIZE.set(latest["tree_size"])
+            AUDIT_CHECKPOINT_TIME.set(latest["signed_at"].timestamp())
 
     async def sweep(self) -> None:
         """Erase payloads past their retention period (the entries stay, and every proof with them)."""

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from aiokafka.structs import ConsumerRecord
 
 from services.audit import entry, service
+from shared.metrics import AUDIT_TREE_SIZE
 from shared.observability import EVENTS_HANDLED
 from shared.service import Runtime
 
@@ -23,8 +24,10 @@ class Recorder:
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         drafts = [entry.from_record(r.topic, r.partition, r.offset, r.value) for r in records]
         async with self.rt.sessions() as session:
-            await service.append(session, drafts, datetime.now(timezone.utc))
+            appended = await service.append(session, drafts, datetime.now(timezone.utc))
             await session.commit()
+        if appended:  # appends hold the log's lock, so the last index is the tree's size less one
+            AUDIT_TREE_SIZE.set(appended[-1] + 1)
         for record, draft in zip(records, drafts):
             EVENTS_HANDLED.labels("audit", draft.type).inc()
             if draft.type == entry.REJECTED:

@@ -19,6 +19,7 @@ from services.gateway.service import ApiError, Caller
 from shared.alerts import Category, MsgType, Severity, Status
 from shared.auth import hash_api_key, issue_token, split_api_key
 from shared.cap import MEDIA_TYPE as CAP
+from shared.metrics import ALERTS_REJECTED
 from shared.observability import log_context
 from shared.service import Runtime
 
@@ -31,23 +32,33 @@ def _problems(*codes: int) -> dict:
     return {code: {"model": Problem} for code in codes}
 
 
+def count_refused_submission(scope: dict, code: str) -> None:
+    """Count a refused alert submission by its Problem code; errors of other routes are not submissions."""
+    if scope.get("method") == "POST" and scope.get("path") == "/v1/alerts":
+        ALERTS_REJECTED.labels(code).inc()
+
+
 def install_errors(app: FastAPI) -> None:
     """Answer every error with the one Problem shape (code, detail, errors)."""
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        count_refused_submission(request.scope, exc.code)
         body = {"code": exc.code, "detail": exc.detail, **({"errors": exc.errors} if exc.errors else {})}
         return JSONResponse(jsonable_encoder(body), exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"code": _CODES.get(exc.status_code, "error"), "detail": str(exc.detail)}, exc.status_code,
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODES.get(exc.status_code, "error")
+        count_refused_submission(request.scope, code)
+        return JSONResponse({"code": code, "detail": str(exc.detail)}, exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         invalid_json = any(e["type"] == "json_invalid" for e in errors)
+        count_refused_submission(request.scope, "json_invalid" if invalid_json else "invalid_request")
         return JSONResponse(jsonable_encoder({
             "code": "json_invalid" if invalid_json else "invalid_request",
             "detail": "the body is not valid JSON" if invalid_json else "the request does not validate", "errors": errors,

@@ -6,7 +6,7 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.gateway import service
-from services.gateway.api import install_errors, router
+from services.gateway.api import count_refused_submission, install_errors, router
 from services.gateway.consumer import TOPICS, StatusView
 from services.gateway.limits import BodyLimit
 from shared import db
@@ -39,7 +39,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     app = rt.app(description=DESCRIPTION, version="1.0.0")
     app.include_router(router(rt))
     install_errors(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_refused=count_refused_submission)
     app.openapi = lambda: _openapi(app)
     return rt, app
 

@@ -31,6 +31,7 @@ from shared.cap import CapError, CapMessage, format_time, keyed_uuid7, parse_cap
 from shared.events import AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, Envelope, Payload
 from shared.ids import derived_id, new_id
 from shared.kafka import send
+from shared.metrics import ALERTS_ACCEPTED
 from shared.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, idempotency_ke
         env = _wrap(rt, AlertSubmitted(alert=sub.alert, submitted_by=caller.key_id), alert_id=alert_id, thread_id=thread_id,
                     event_id=derived_id(alert_id, "submitted"), traceparent=traceparent)
         await produce(rt, topics.ALERTS_SUBMITTED.name, thread_id, env)
+        ALERTS_ACCEPTED.inc()
 
         async def record(session: AsyncSession) -> None:
             # The status consumer records it too; doing it now lets an immediate GET find it.

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 from aiokafka.structs import ConsumerRecord
 
 from services.notifier import escalation, repository
-from services.notifier.delivery import Deliverer
+from services.notifier.delivery import Deliverer, count_outcome
 from services.notifier.service import emit_status
 from shared.events import AlertAcknowledged, DeliveryRequested, DeliveryState, Envelope, P, ViewProfile
+from shared import tracing
 from shared.observability import EVENTS_HANDLED
 from shared.service import Runtime
 from shared.settings import Settings
@@ -108,15 +109,17 @@ class DeliveryIntake:
                     "state": "failed" if reason else "pending", "reason": reason,
                     "delivery_id": req.delivery_id, "request_event_id": env.event_id, "alert_id": env.alert_id,
                     "thread_id": env.thread_id, "endpoint": req.endpoint, "agency": req.agency, "url": target(req),
-                    "body": req.body, "traceparent": env.traceparent, "format": req.format[:8], "language": req.language,
+                    "body": req.body, "traceparent": tracing.traceparent_for(env), "format": req.format[:8], "language": req.language,
                 })
                 EVENTS_HANDLED.labels("notifier", env.type).inc()
             new = await repository.add_deliveries(session, rows)
             await repository.watch_acks(session, self._watches(reqs, rows))
-            for row in rows:
-                if row["reason"] and row["delivery_id"] in new:
-                    await emit_status(session, self.rt.settings, row=row, state=DeliveryState.FAILED, attempt=0, error=row["reason"])
+            refused = [row for row in rows if row["reason"] and row["delivery_id"] in new]
+            for row in refused:
+                await emit_status(session, self.rt.settings, row=row, state=DeliveryState.FAILED, attempt=0, error=row["reason"])
             await session.commit()
+        for row in refused:
+            count_outcome(row["endpoint"], DeliveryState.FAILED, "refused")
         self.deliverer.wake.set()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
@@ -20,10 +20,12 @@ from standardwebhooks.webhooks import Webhook
 from services.notifier import channels, repository
 from services.notifier.breaker import (Bucket, Circuit, bucket_take, bucket_wait, circuit_after, circuit_allows, circuit_blocked,
                                       circuit_report)
+from services.notifier.breaker import CircuitState
 from services.notifier.retry import Outcome, judge
 from services.notifier.service import SYSTEM_ACTOR, record_action, status_events
 from shared.events import DeliveryState, Envelope
 from shared.kafka import send
+from shared.metrics import ACCEPT_TO_DELIVERY, DEAD_LETTERS, DELIVERIES, ENDPOINT_CIRCUIT
 from shared.observability import log_context
 from shared.service import Runtime
 
@@ -45,6 +47,23 @@ def signed_headers(
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": " ".join(Webhook(k).sign(webhook_id, now, body) for k in keys),
     }
+
+
+def count_outcome(endpoint: str, state: DeliveryState, dead_letter_cause: str | None = None) -> None:
+    """Count one recorded delivery outcome; a failure is a dead letter (refused, exhausted or gone)."""
+    DELIVERIES.labels(state.value, endpoint).inc()
+    if state is DeliveryState.FAILED:
+        DEAD_LETTERS.labels(endpoint, dead_letter_cause).inc()
+
+
+def count_attempts(results: Iterable[dict]) -> None:
+    """Count durably recorded attempts by outcome; time each delivered one from the alert's acceptance to the 2xx."""
+    for r in results:
+        count_outcome(r["row"]["endpoint"], STATES[r["state"]], "gone" if r["disable_endpoint"] else "exhausted")
+        accepted = r["row"]["body"].get("sent_at")  # the view's sent_at: when the gateway accepted the alert or forward
+        if r["state"] == "delivered" and accepted:
+            answered = r["started_at"] + timedelta(milliseconds=r["latency_ms"])
+            ACCEPT_TO_DELIVERY.observe(max(0.0, (answered - datetime.fromisoformat(accepted)).total_seconds()))
 
 
 def lease_for(timeout_seconds: float) -> timedelta:
@@ -136,8 +155,16 @@ class Deliverer:
             return False
         took, self.buckets[endpoint] = bucket_take(self.buckets.get(endpoint), now, self._rate(endpoint), s.endpoint_burst)
         if took:
-            self.circuits[endpoint] = circuit
+            self._set_circuit(endpoint, circuit)
         return took
+
+    def _set_circuit(self, endpoint: str, circuit: Circuit) -> None:
+        """Keep an endpoint's circuit, and show a change of state in its gauge."""
+        before = self.circuits.get(endpoint)
+        self.circuits[endpoint] = circuit
+        if before is None or before.state is not circuit.state:
+            for state in CircuitState:
+                ENDPOINT_CIRCUIT.labels(endpoint, state.value).set(1 if state is circuit.state else 0)
 
     async def _deliver_all(self, endpoint: str, rows: list[dict], state: dict) -> None:
         """Send an endpoint's claimed deliveries in order; their records are committed in the
@@ -179,10 +206,10 @@ class Deliverer:
         latency_ms = (time.perf_counter() - t0) * 1000
         verdict = judge(outcome, attempt_in_schedule=attempt - row["schedule_start"],
                         schedule=self.rt.settings.retry_schedule_seconds, now=started)
-        self.circuits[row["endpoint"]] = circuit_after(
+        self._set_circuit(row["endpoint"], circuit_after(
             self.circuits.get(row["endpoint"], Circuit()), verdict.state == "delivered", self.clock(),
             self.rt.settings.circuit_failure_threshold,
-        )
+        ))
         recorded = self.attempt_log.submit({
             "row": row, "delivery_id": row["delivery_id"], "attempt": attempt, "started_at": started,
             "latency_ms": latency_ms, "http_status": outcome.status, "error": outcome.error, "excerpt": excerpt,
@@ -224,6 +251,7 @@ class AttemptLog:
                 continue
             for _, done in batch:
                 done.set_result(None)
+            count_attempts(result for result, _ in batch)
             outbox_waiting.set()  # the sweeper publishes in batches; attempts never wait for Kafka
 
     async def _write(self, results: list[dict]) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +17,7 @@ from shared.alerts import Alert
 from shared.events import AlertForwarded, AlertRouted, AlertSubmitted, DeliveryRequested, Envelope, EventType, Recipient
 from shared.ids import derived_id
 from shared.kafka import send
+from shared.metrics import ROUTING_DECISIONS, ROUTING_DENIALS, ROUTING_RECIPIENTS
 from shared.observability import EVENTS_HANDLED, log_context
 from shared.service import Runtime
 
@@ -33,6 +34,17 @@ async def load_thread(session: AsyncSession, thread_id, alert_id=None) -> Thread
         for r in row["decision"]["recipients"]:
             recipients.setdefault(r["endpoint"], Recipient.model_validate(r))
     return Thread(Alert.model_validate(original) if original else None, tuple(recipients.values()))
+
+
+def count_decisions(routed: Iterable[Envelope]) -> None:
+    """Count decisions by kind and outcome, their recipients by profile and their denials by code."""
+    for env in routed:
+        decision = env.payload
+        ROUTING_DECISIONS.labels(decision["kind"], "recipients" if decision["recipients"] else "no_recipients").inc()
+        for recipient in decision["recipients"]:
+            ROUTING_RECIPIENTS.labels(recipient["profile"]).inc()
+        for denial in decision["denied"]:
+            ROUTING_DENIALS.labels(denial["code"]).inc()
 
 
 class RoutingHandler:
@@ -92,3 +104,5 @@ class RoutingHandler:
         # Produce after the decisions are stored; the caller commits offsets only after every ack.
         futures = [await send(self.rt.producer, self.rt.settings.topic(t), k, e) for t, k, e in outputs]
         await asyncio.gather(*futures)
+        # Counted only now, so a batch that failed and is retried is not counted twice.
+        count_decisions(e for _, _, e in outputs if e.type is EventType.ALERT_ROUTED)
