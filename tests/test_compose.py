@@ -1,13 +1,17 @@
-"""docker-compose.yml: accepted by a real compose parser, and the same system as the local stack.
+"""docker-compose.yml: accepted by a real compose parser, the same system as the local stack, and its
+Prometheus, Grafana and Jaeger wired to the services and to the files under deploy/.
 
 No Kafka, PostgreSQL or Docker engine needed; `config -q` only parses and validates the file.
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -116,3 +120,59 @@ def test_image_runs_as_non_root():
     assert ["FROM", "python:3.11-slim"] in lines
     users = [words[1] for words in lines if words[0] == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must end with a non-root USER"
+
+
+def _mounts(service: dict) -> dict[str, Path]:
+    """Container path → host path of each bind mount (`./x:/y[:ro]`), relative to the compose file."""
+    found = {}
+    for spec in service.get("volumes", []):
+        source, target = str(spec).split(":")[:2]
+        if source.startswith("."):
+            found[target] = (COMPOSE.parent / source).resolve()
+    return found
+
+
+def _in_container(mounts: dict[str, Path], path: str) -> Path:
+    """The host file a container path names, through the service's bind mounts."""
+    for target, source in mounts.items():
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return source / path[len(target):].lstrip("/")
+    raise AssertionError(f"{path} is not inside a bind mount ({sorted(mounts)})")
+
+
+def test_prometheus_scrapes_every_service_and_loads_the_rules(services):
+    mounts = _mounts(services["prometheus"])
+    config_file = _in_container(mounts, "/etc/prometheus/prometheus.yml")  # the image's default --config.file
+    config = yaml.safe_load(config_file.read_text())
+    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]}
+    # One job per service, named after it; the target is the compose service on its own port.
+    assert targets == {name: [f"{name}:{_default(f'{name}_port')}"] for name in SERVICES}
+    for rules in config["rule_files"]:
+        assert (config_file.parent / rules).is_file(), rules
+
+
+def test_grafana_provisions_the_datasource_and_the_dashboard(services):
+    grafana = services["grafana"]
+    mounts = _mounts(grafana)
+    provisioning = _in_container(mounts, "/etc/grafana/provisioning")
+    [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    [(_, _, prometheus_port)] = _ports(services["prometheus"])
+    assert datasource["url"] == f"http://prometheus:{prometheus_port}"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "blonet.yml").read_text())["providers"]
+    dashboards = _in_container(mounts, provider["options"]["path"])
+    uids = {json.loads(f.read_text())["uid"] for f in dashboards.glob("*.json")}
+    assert "blonet-overview" in uids
+    assert _in_container(mounts, grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]).is_file()
+    for f in dashboards.glob("*.json"):  # every panel queries the provisioned datasource
+        panels = [p for p in json.loads(f.read_text())["panels"] if p["type"] != "row"]
+        assert {p["datasource"]["uid"] for p in panels} == {datasource["uid"]}, f.name
+
+
+def test_services_export_traces_to_jaeger(services):
+    published = {container: (ip, host) for ip, host, container in _ports(services["jaeger"])}
+    for name in SERVICES:
+        env = services[name]["environment"]
+        otlp = urlsplit(env["BLONET_OTLP_ENDPOINT"])
+        assert (otlp.hostname, otlp.port) == ("jaeger", 4318), name  # Jaeger's OTLP/HTTP receiver
+        ui = urlsplit(env["BLONET_TRACE_URL_TEMPLATE"])  # opened by a browser on the host
+        assert (ui.hostname, ui.port) == published[16686] and "{trace_id}" in ui.path, name
