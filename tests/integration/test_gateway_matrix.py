@@ -66,7 +66,7 @@ async def test_authorization_matrix(settings, services):
                     body = {"status": "received"}
                 elif path.endswith("/forward"):
                     body = {"to": ["kg-customs-dostuk"]}
-                if path.endswith("/events"):
+                if path.endswith(("/events", "/stream")):
                     params = {"until_seconds": "0.2"}
                 async with http.request(method, gw + path, json=body, params=params, headers=auth(key)) as r:
                     await r.read()
