@@ -200,24 +200,28 @@ class FlowHub:
         dsn = db.service_url(self.rt.settings, "gateway").set(drivername="postgresql").render_as_string(hide_password=False)
         while not self.rt.stopping.is_set():
             try:
-                conn = await asyncpg.connect(dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("live flow: cannot listen (%s); retrying", exc)
-                await asyncio.sleep(2)
-                continue
-            try:
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
-                await conn.add_listener(FLOW_CHANNEL, self._publish)
-                self.listening.set()
-                stop = asyncio.ensure_future(self.rt.stopping.wait())
-                gone = asyncio.ensure_future(lost.wait())
-                await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel(), gone.cancel()
+                await self._listen(dsn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("live flow: not listening (%s); retrying in 2 s", exc)
             finally:
                 self.listening.clear()
-                with contextlib.suppress(Exception):
-                    await conn.close(timeout=2)
+            if not self.rt.stopping.is_set():
+                await asyncio.sleep(2)
+
+    async def _listen(self, dsn: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _c: lost.set())
+            await conn.add_listener(FLOW_CHANNEL, self._publish)
+            self.listening.set()
+            waits = {asyncio.ensure_future(self.rt.stopping.wait()), asyncio.ensure_future(lost.wait())}
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
 
 
 async def changes(rt: Runtime, hub: FlowHub, f: Filters, until: float, coalesce: float = 0.1) -> AsyncIterator[dict]:

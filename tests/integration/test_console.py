@@ -242,6 +242,15 @@ async def test_dry_run_of_a_rule_change(page, settings, keys, tmp_path):
 
 # --- system, language ------------------------------------------------------------------------------
 
+async def test_actions_from_another_site_are_refused(page):
+    for path in ("/console/endpoints/ep-unodc/disable", "/console/logout"):
+        response = await page.request.post(path, form={"confirmed": "1"},
+                                           headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
+        assert response.status == 403, path
+    await page.goto("/console/deliveries")
+    await expect(page.locator("#endpoint-ep-unodc")).to_contain_text("yes")  # still enabled, still signed in
+
+
 async def test_system_page_and_language_switch(page, tmp_path):
     await page.goto("/console/system")
     for service in ("gateway", "routing", "notifier", "audit"):

@@ -8,9 +8,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from services.gateway.console import pages
-from services.gateway.console.session import LoginRequired
+from services.gateway.console import actions, pages
+from services.gateway.console.session import CrossSite, LoginRequired
 from services.gateway.console.upstream import Upstream
+from services.gateway.console.web import Kit
 from services.gateway.ops import FlowHub
 from shared.service import Runtime
 
@@ -19,7 +20,13 @@ def install(app: FastAPI, rt: Runtime, hub: FlowHub) -> None:
     upstream = Upstream(rt.settings)
     rt.on_stop.append(upstream.close)
     app.mount("/console/static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")
-    app.include_router(pages.router(rt, hub, upstream))
+    kit = app.state.console = Kit(rt, hub, upstream)
+    app.include_router(pages.router(kit))
+    app.include_router(actions.router(kit))
+
+    @app.exception_handler(CrossSite)
+    async def cross_site(_: Request, exc: CrossSite):
+        return PlainTextResponse("refused: this action must come from a console page", status_code=403)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):

@@ -28,6 +28,10 @@ class LoginRequired(Exception):
         self.reason = reason
 
 
+class CrossSite(Exception):
+    """A state-changing request that did not come from a console page: refused with 403."""
+
+
 @dataclass(frozen=True)
 class Operator:
     principal: Principal
