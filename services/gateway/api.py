@@ -85,9 +85,8 @@ SUBMIT_BODY = {
 }
 
 
-def router(rt: Runtime) -> APIRouter:
-    api = APIRouter(prefix="/v1")
-    limiter = RateLimiter(rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst)
+def authenticator(rt: Runtime, limiter: RateLimiter):
+    """The dependency every API route uses: the caller of a valid, unrevoked API key, within its rate."""
 
     async def caller(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
         if creds is None:
@@ -104,7 +103,12 @@ def router(rt: Runtime) -> APIRouter:
                            headers={"Retry-After": RateLimiter.retry_after(wait)})
         return Caller(*found)
 
-    Who = Annotated[Caller, Depends(caller)]
+    return caller
+
+
+def router(rt: Runtime, limiter: RateLimiter) -> APIRouter:
+    api = APIRouter(prefix="/v1")
+    Who = Annotated[Caller, Depends(authenticator(rt, limiter))]
     IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
                                                   description="makes retries safe: same key + same body → the original answer")]
     Traceparent = Annotated[str | None, Header(description="W3C trace context, carried on the events")]

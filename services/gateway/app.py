@@ -5,10 +5,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.gateway import service
-from services.gateway.api import count_refused_submission, install_errors, router
+from services.gateway import console, ops, ops_api, service
+from services.gateway.api import authenticator, count_refused_submission, install_errors, router
 from services.gateway.consumer import TOPICS, StatusView
-from services.gateway.limits import BodyLimit
+from services.gateway.limits import BodyLimit, RateLimiter
 from shared import db
 from shared.alerts import Alert
 from shared.auth import ensure_signing_key
@@ -35,9 +35,13 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     async def purge_idempotency_keys() -> None:
         await service.purge_idempotency_keys(rt)
 
-    rt.workers.append(purge_idempotency_keys)
+    hub = ops.FlowHub(rt)
+    rt.workers += [purge_idempotency_keys, hub.run]
     app = rt.app(description=DESCRIPTION, version="1.0.0")
-    app.include_router(router(rt))
+    limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    app.include_router(router(rt, limiter))
+    app.include_router(ops_api.router(rt, hub, authenticator(rt, limiter)))
+    console.install(app, rt, hub)
     install_errors(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_refused=count_refused_submission)
     app.openapi = lambda: _openapi(app)
