@@ -18,9 +18,8 @@ import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from services.notifier import channels, repository
-from services.notifier.breaker import (Bucket, Circuit, bucket_take, bucket_wait, circuit_after, circuit_allows, circuit_blocked,
-                                      circuit_report)
-from services.notifier.breaker import CircuitState
+from services.notifier.breaker import (Bucket, Circuit, CircuitState, bucket_take, bucket_wait, circuit_after, circuit_allows,
+                                      circuit_blocked, circuit_report)
 from services.notifier.retry import Outcome, judge
 from services.notifier.service import SYSTEM_ACTOR, record_action, status_events
 from shared.events import DeliveryState, Envelope
