@@ -15,6 +15,7 @@ from uuid import UUID
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from shared import tracing
 from shared.alerts import Alert
 from shared.ids import new_id
 
@@ -67,7 +68,8 @@ class Envelope(BaseModel):
         occurred_at: datetime | None = None,
         traceparent: str | None = None,
     ) -> Envelope:
-        """Wrap a payload; a caused event inherits the cause's trace context."""
+        """Wrap a payload. Its trace context: `traceparent` if given, else the span handling `cause`
+        (or the current span) when tracing is on, else the cause's own (see shared/tracing.py)."""
         return cls(
             event_id=event_id or new_id(),
             type=payload.event_type,
@@ -77,7 +79,7 @@ class Envelope(BaseModel):
             alert_id=alert_id,
             thread_id=thread_id,
             causation_id=cause.event_id if cause else None,
-            traceparent=traceparent or (cause.traceparent if cause else None),
+            traceparent=traceparent or tracing.traceparent_for(cause),
             payload=payload.model_dump(mode="json"),
         )
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from shared import tracing
 from shared.events import Envelope
 from shared.metrics import CONSUMER_LAG, CONSUMER_RETRIES, EVENTS_REJECTED
 from shared.settings import Settings
@@ -37,16 +38,34 @@ def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKa
 def envelope_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
     """Return Kafka headers that let tooling route and trace without parsing the value."""
     headers = [("event-type", envelope.type.value.encode()), ("event-id", str(envelope.event_id).encode())]
+    if envelope.alert_id is not None:
+        headers.append(("alert-id", str(envelope.alert_id).encode()))
     if envelope.traceparent:
         headers.append(("traceparent", envelope.traceparent.encode()))
     return headers
 
 
 async def send(producer: AIOKafkaProducer, topic: str, key: str, envelope: Envelope) -> asyncio.Future:
-    """Queue one envelope; await the returned future for the broker's acknowledgement."""
-    return await producer.send(
-        topic, value=envelope.to_bytes(), key=key.encode(), headers=envelope_headers(envelope)
-    )
+    """Queue one envelope; await the returned future for the broker's acknowledgement.
+
+    With tracing on, the send is a PRODUCER span (child of the envelope's context) that ends at the
+    acknowledgement, and the record's envelope and `traceparent` header carry that span, so the
+    consumer's span is its child. Off, the envelope's traceparent goes out unchanged.
+    """
+    span = tracing.start_producer(topic, key, envelope)
+    if span is not None:
+        envelope = envelope.model_copy(update={"traceparent": tracing.traceparent_of(span) or envelope.traceparent})
+    try:
+        ack = await producer.send(
+            topic, value=envelope.to_bytes(), key=key.encode(), headers=envelope_headers(envelope)
+        )
+    except BaseException as exc:
+        if span is not None:
+            tracing.end_producer(span, exc=exc)
+        raise
+    if span is not None:
+        ack.add_done_callback(lambda done: tracing.end_producer(span, done))
+    return ack
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):
@@ -147,20 +166,29 @@ class EventConsumer:
         self._lag_reported -= partitions
 
     async def _handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        # One CONSUMER span per record, child of its producer's; events the handler wraps with a
+        # record's envelope as their cause become children of that record's span.
+        with tracing.consuming(self.group, records) as spans:
+            await self._handle_batch(tp, records, spans)
+
+    async def _handle_batch(self, tp: TopicPartition, records: list[ConsumerRecord], spans: tracing.Batch) -> None:
         while True:
             try:
                 await self.handler(records)
                 self._done[tp] = records[-1].offset + 1
                 return
-            except ValueError:  # bad bytes or a broken contract: retrying cannot help
+            except ValueError as exc:  # bad bytes or a broken contract: retrying cannot help
                 if len(records) > 1:  # find the poison record: the others are handled one by one
                     for record in records:
-                        await self._handle(tp, [record])
+                        with spans.current(record):
+                            await self._handle_batch(tp, [record], spans)
                     return
+                spans.failed(exc, records[0])
                 self._reject(tp, records[0])
                 return
-            except Exception:  # database or broker trouble: retry the batch once it may be over
+            except Exception as exc:  # database or broker trouble: retry the batch once it may be over
                 log.exception("handler failed; retrying batch", extra={"group": self.group, "topic": tp.topic})
+                spans.failed(exc)
                 CONSUMER_RETRIES.labels(self.group).inc()
                 if self._stopping.is_set():
                     raise

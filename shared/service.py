@@ -95,7 +95,9 @@ class Runtime:
             finally:
                 await self.stop()
 
-        app = FastAPI(title=f"BLOnet {self.name}", lifespan=lifespan, **fastapi_kwargs)
+        # FastAPI's own OpenTelemetry spans would duplicate TraceMiddleware's once a provider is set: off.
+        app = FastAPI(title=f"BLOnet {self.name}", lifespan=lifespan, telemetry=tracing.FASTAPI_TELEMETRY_OFF,
+                      **fastapi_kwargs)
         install(app, self.name, {"database": self._check_db, "kafka": self._check_kafka})
         app.add_middleware(tracing.TraceMiddleware, service=self.name)  # a SERVER span per request, when on
         return app

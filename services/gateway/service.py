@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway import repository
 from services.gateway.schemas import AlertStatus
-from shared import topics
+from shared import topics, tracing
 from shared.alerts import Alert, MsgType
 from shared.auth import Principal, Role
 from shared.cap import CapError, CapMessage, format_time, keyed_uuid7, parse_cap, render_cap
@@ -258,8 +258,10 @@ def traceparent_or_new(value: str | None) -> str:
 
 
 def _wrap(rt: Runtime, payload: Payload, *, alert_id: UUID, thread_id: UUID, event_id: UUID, traceparent: str | None) -> Envelope:
+    # Tracing on: the request's SERVER span (itself the child of the caller's traceparent, if any).
+    # Off: the caller's traceparent, or a new trace id; every hop then carries it unchanged.
     return Envelope.wrap(payload, origin_node=rt.settings.node_id, alert_id=alert_id, thread_id=thread_id,
-                         event_id=event_id, traceparent=traceparent_or_new(traceparent))
+                         event_id=event_id, traceparent=tracing.current_traceparent() or traceparent_or_new(traceparent))
 
 
 # --- the three acts: submit, acknowledge, forward -----------------------------------------------

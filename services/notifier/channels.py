@@ -79,6 +79,8 @@ async def send_email(settings: Settings, row: dict, body: str, headers: dict[str
     message["Message-ID"] = f"<{row['delivery_id']}@{settings.node_id}>"  # stable across retries, like webhook-id
     for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
         message[f"X-{name}"] = headers[name]
+    if "traceparent" in headers:  # the attempt's trace context, as on a webhook
+        message["X-traceparent"] = headers["traceparent"]
     message.set_content(readable(localised(row["body"], row.get("language"))))
     subtype = "xml" if headers["content-type"] == CAP_MEDIA_TYPE else "json"
     message.add_attachment(body.encode(), maintype="application", subtype=subtype, filename=f"alert.{subtype}")

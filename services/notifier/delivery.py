@@ -23,6 +23,7 @@ from services.notifier.breaker import (Bucket, Circuit, CircuitState, bucket_tak
 from services.notifier.retry import Outcome, judge
 from services.notifier.service import SYSTEM_ACTOR, record_action, status_events
 from shared.events import DeliveryState, Envelope
+from shared import tracing
 from shared.kafka import send
 from shared.metrics import ACCEPT_TO_DELIVERY, DEAD_LETTERS, DELIVERIES, ENDPOINT_CIRCUIT
 from shared.observability import log_context
@@ -189,11 +190,19 @@ class Deliverer:
     async def _send(self, row: dict, secrets: list[str], started: datetime) -> tuple[Outcome, str | None]:
         body, content_type = channels.render_body(row, self.rt.settings.node_id)
         headers = signed_headers(secrets, str(row["delivery_id"]), body, started, content_type)
-        if row["traceparent"]:
-            headers["traceparent"] = row["traceparent"]
-        if row["url"].startswith("mailto:"):
-            return await channels.send_email(self.rt.settings, row, body, headers), None
-        return await channels.post_webhook(self.http, row["url"], body, headers)
+        email = row["url"].startswith("mailto:")
+        # A CLIENT span per attempt (tracing on), child of the stored context; the recipient gets its traceparent.
+        attributes = tracing.attempt_attributes(row, email)
+        with tracing.client_span("send email" if email else "POST", row["traceparent"], attributes) as span:
+            traceparent = tracing.traceparent_of(span) or row["traceparent"]
+            if traceparent:
+                headers["traceparent"] = traceparent
+            if email:
+                outcome, excerpt = await channels.send_email(self.rt.settings, row, body, headers), None
+            else:
+                outcome, excerpt = await channels.post_webhook(self.http, row["url"], body, headers)
+            tracing.attempt_outcome(span, outcome.status, outcome.error, email)
+        return outcome, excerpt
 
     async def _attempt(self, row: dict, secrets: list[str]) -> asyncio.Future:
         """Make one attempt; return the future of its record becoming durable."""
