@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services import ops_cli
 from services.audit.cli import audit as audit_cli
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
@@ -26,6 +27,7 @@ app.add_typer(keys, name="keys")
 app.add_typer(endpoints, name="endpoints")
 app.add_typer(routing_rules, name="rules")
 app.add_typer(audit_cli, name="audit")
+ops_cli.install(app)  # tail, status, deliveries failed, replay: over HTTP with an operator key
 console = Console()
 
 
