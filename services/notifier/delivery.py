@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_ENDPOINTS_IN_FLIGHT = 64
 BATCH = 100
 OUTBOX_BATCH = 500
+SUCCESS_GRAIN = timedelta(seconds=1)  # how stale an endpoint's last success may be in the operators' view
 STATES = {"delivered": DeliveryState.DELIVERED, "pending": DeliveryState.RETRYING, "failed": DeliveryState.FAILED}
 
 
@@ -229,9 +230,31 @@ class Deliverer:
         return recorded
 
 
+def endpoint_outcomes(results: list[dict], successes: dict[str, datetime]) -> list[dict]:
+    """Return, per endpoint of a batch, its latest success and its latest failure with the reason.
+
+    `successes` holds the last success this instance recorded per endpoint (none since a failure).
+    A success within `SUCCESS_GRAIN` of it is left out: while an endpoint is healthy every batch
+    succeeds, and an operator's view needs no finer grain than a second.
+    """
+    latest: dict[str, dict] = {}
+    for r in results:
+        seen = latest.setdefault(r["row"]["endpoint"], {"last_success_at": None, "last_failure_at": None, "last_error": None})
+        if r["state"] == "delivered":
+            seen["last_success_at"] = max(filter(None, (seen["last_success_at"], r["started_at"])))
+        elif seen["last_failure_at"] is None or r["started_at"] > seen["last_failure_at"]:
+            seen.update(last_failure_at=r["started_at"], last_error=r["reason"])
+    for endpoint, seen in latest.items():
+        before = successes.get(endpoint)
+        if seen["last_success_at"] and not seen["last_failure_at"] and before and seen["last_success_at"] - before < SUCCESS_GRAIN:
+            seen["last_success_at"] = None
+    return [{"endpoint": e, **seen} for e, seen in latest.items() if seen["last_success_at"] or seen["last_failure_at"]]
+
+
 class AttemptLog:
     """Group commit: the attempts of every endpoint's worker are recorded together, one
-    transaction per batch, with their status events and any endpoint disabled by a 410.
+    transaction per batch, with their status events, the endpoints' last outcomes and any
+    endpoint disabled by a 410.
 
     `submit` returns a future that completes once the attempt is durable.
     """
@@ -239,6 +262,7 @@ class AttemptLog:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.queue: asyncio.Queue[tuple[dict, asyncio.Future]] = asyncio.Queue()
+        self.successes: dict[str, datetime] = {}  # see endpoint_outcomes
 
     def submit(self, result: dict) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()
@@ -264,8 +288,10 @@ class AttemptLog:
 
     async def _write(self, results: list[dict]) -> None:
         s = self.rt.settings
+        outcomes = endpoint_outcomes(results, self.successes)
         async with self.rt.sessions() as session:
             await repository.record_attempts(session, results)
+            await repository.record_endpoint_outcomes(session, outcomes)
             events = []
             for r in results:
                 events += status_events(
@@ -278,6 +304,11 @@ class AttemptLog:
                 await record_action(session, s, action="endpoint.disable", target=r["row"]["endpoint"],
                                     actor=SYSTEM_ACTOR, reason=r["reason"], alert_id=r["row"]["alert_id"])
             await session.commit()
+        for o in outcomes:
+            if o["last_failure_at"]:
+                self.successes.pop(o["endpoint"], None)
+            elif o["last_success_at"]:
+                self.successes[o["endpoint"]] = o["last_success_at"]
 
 
 _publish_lock = asyncio.Lock()

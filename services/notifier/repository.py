@@ -154,8 +154,7 @@ OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
 
 
 async def record_attempts(session: AsyncSession, results: list[dict]) -> None:
-    """Record a batch of attempts, each delivery's new state and each endpoint's last success or
-    failure (one round trip per statement)."""
+    """Record a batch of attempts and each delivery's new state (one round trip per statement)."""
     if not results:
         return
     now = _now()
@@ -165,7 +164,6 @@ async def record_attempts(session: AsyncSession, results: list[dict]) -> None:
         "response_excerpt": r["excerpt"], "outcome": OUTCOMES[r["state"]], "reason": r["reason"],
         "next_attempt_at": r["due_at"],
     } for r in results])
-    await _record_endpoint_outcomes(session, results)
     await session.execute(
         update(deliveries).where(deliveries.c.delivery_id == bindparam("b_id")).values(
             attempts=bindparam("b_attempt"), state=bindparam("b_state"), leased_until=None, reason=bindparam("b_reason"),
@@ -177,23 +175,20 @@ async def record_attempts(session: AsyncSession, results: list[dict]) -> None:
     )
 
 
-async def _record_endpoint_outcomes(session: AsyncSession, results: list[dict]) -> None:
-    """Keep each endpoint's latest success, and latest failure with its reason."""
-    latest: dict[str, dict] = {}
-    for r in results:
-        seen = latest.setdefault(r["row"]["endpoint"], {"b_ok": None, "b_failed": None, "b_error": None})
-        if r["state"] == "delivered":
-            seen["b_ok"] = max(filter(None, (seen["b_ok"], r["started_at"])))
-        elif seen["b_failed"] is None or r["started_at"] > seen["b_failed"]:
-            seen.update(b_failed=r["started_at"], b_error=r["reason"])
+async def record_endpoint_outcomes(session: AsyncSession, outcomes: list[dict]) -> None:
+    """Keep endpoints' latest success, and latest failure with its reason (`outcomes`: one row per
+    endpoint with `endpoint`, `last_success_at`, `last_failure_at`, `last_error`, each may be None)."""
+    if not outcomes:
+        return
     ok, failed = (bindparam(n, type_=DateTime(timezone=True)) for n in ("b_ok", "b_failed"))
     newer = and_(failed.is_not(None), or_(endpoints.c.last_failure_at.is_(None), endpoints.c.last_failure_at <= failed))
-    # One row per endpoint, in endpoint order: two instances' batches never lock endpoints in opposite orders.
+    # In endpoint order: two instances' batches never lock endpoints in opposite orders.
     await session.execute(update(endpoints).where(endpoints.c.endpoint == bindparam("b_endpoint")).values(
         last_success_at=func.greatest(endpoints.c.last_success_at, ok),  # greatest() skips NULLs
         last_failure_at=func.greatest(endpoints.c.last_failure_at, failed),
         last_error=case((newer, bindparam("b_error")), else_=endpoints.c.last_error),
-    ), [{"b_endpoint": e, **v} for e, v in sorted(latest.items())])
+    ), [{"b_endpoint": o["endpoint"], "b_ok": o["last_success_at"], "b_failed": o["last_failure_at"],
+         "b_error": o["last_error"]} for o in sorted(outcomes, key=lambda o: o["endpoint"])])
 
 
 def _restart(now: datetime) -> dict:
