@@ -11,9 +11,8 @@ from pathlib import Path
 import yaml
 
 from services.notifier import repository
-from services.notifier.service import SYSTEM_ACTOR, record_action
+from services.notifier.service import SYSTEM_ACTOR, fallback_id, record_action, resend_id
 from services.routing.directory import Directory, Endpoint
-from shared.ids import derived_id
 from shared.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -54,9 +53,9 @@ def escalation_rows(original: dict, fallback: Endpoint | None) -> list[dict]:
     """Return the deliveries an escalation adds: the alert again to the same endpoint, and to the fallback."""
     base = {k: original[k] for k in ("request_event_id", "alert_id", "thread_id", "agency", "body", "traceparent",
                                      "url", "endpoint", "format", "language")}
-    rows = [{**base, "delivery_id": derived_id(original["delivery_id"], "resend"), "state": "pending", "reason": None}]
+    rows = [{**base, "delivery_id": resend_id(original["delivery_id"]), "state": "pending", "reason": None}]
     if fallback and fallback.id != original["endpoint"]:
-        rows.append({**base, "delivery_id": derived_id(original["delivery_id"], "escalate", fallback.id),
+        rows.append({**base, "delivery_id": fallback_id(original["delivery_id"], fallback.id),
                      "endpoint": fallback.id, "url": endpoint_target(fallback), "format": fallback.format,
                      "language": fallback.language, "state": "pending", "reason": None})
     return rows

@@ -112,6 +112,16 @@ async def recover_endpoint(
     return 0, f"no delivery to {endpoint} failed since {_at(since)}; its latest dead letter failed at {_at(last)}"
 
 
+def resend_id(original: UUID) -> UUID:
+    """Return the id of the delivery an escalation re-sends to the original endpoint."""
+    return derived_id(original, "resend")
+
+
+def fallback_id(original: UUID, endpoint: str) -> UUID:
+    """Return the id of the delivery an escalation sends to the agency's fallback endpoint."""
+    return derived_id(original, "escalate", endpoint)
+
+
 def channel_of(url: str) -> str:
     return "email" if url.startswith("mailto:") else "webhook"
 
@@ -120,9 +130,9 @@ def present_delivery(row: dict) -> dict:
     """Return a stored delivery as operators see it: channel, webhook-id, next attempt, escalation."""
     out = {k: v for k, v in row.items() if k not in ("due_at", "watched")}
     watched, escalation = row.get("watched"), None
-    if watched and row["delivery_id"] == derived_id(watched, "resend"):
+    if watched and row["delivery_id"] == resend_id(watched):
         escalation = "resend"
-    elif watched and row["delivery_id"] == derived_id(watched, "escalate", row["endpoint"]):
+    elif watched and row["delivery_id"] == fallback_id(watched, row["endpoint"]):
         escalation = "fallback"
     return {**out, "webhook_id": str(row["delivery_id"]), "channel": channel_of(row["url"]),
             "next_attempt_at": row["due_at"] if row["state"] == "pending" else None,
