@@ -12,6 +12,7 @@ from shared.events import (
     OperatorAction,
 )
 from shared.observability import EVENTS_HANDLED
+from shared.tracing import trace_id_of
 from shared.service import Runtime
 
 TOPICS = [topics.ALERTS_SUBMITTED.name, topics.ALERTS_ROUTED.name, topics.DELIVERIES_REQUESTED.name,
@@ -34,7 +35,7 @@ class StatusView:
                     await repository.record_alert(
                         session, alert_id=env.alert_id, thread_id=env.thread_id, sender_agency=sub.alert.sender_agency,
                         submitted_by=sub.submitted_by, received_at=env.occurred_at, alert=sub.alert.model_dump(mode="json"),
-                        trace_id=trace_id(env.traceparent),
+                        trace_id=trace_id_of(env.traceparent),
                     )
                 elif env.type is EventType.ALERT_ROUTED:
                     await repository.record_routing(session, env.alert_id, env.payload_as(AlertRouted))
@@ -54,8 +55,3 @@ class StatusView:
             await repository.notify_changed(session, changed)
             await session.commit()
 
-
-def trace_id(traceparent: str | None) -> str | None:
-    """Return the trace id of a W3C traceparent (version-traceid-parentid-flags), if well formed."""
-    parts = (traceparent or "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None

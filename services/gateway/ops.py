@@ -118,6 +118,12 @@ async def summaries(session: AsyncSession, f: Filters, limit: int = 100, before:
     return await _with_recipients(session, rows)
 
 
+async def summaries_of(session: AsyncSession, alert_ids: set[UUID]) -> list[dict]:
+    """The summaries of these alerts (those that exist), oldest first: two queries however many."""
+    rows = await session.execute(select(alerts).where(alerts.c.alert_id.in_(alert_ids)).order_by(alerts.c.alert_id))
+    return await _with_recipients(session, [dict(r) for r in rows.mappings()])
+
+
 async def summary(session: AsyncSession, alert_id: UUID) -> dict | None:
     row = (await session.execute(select(alerts).where(alerts.c.alert_id == alert_id))).mappings().first()
     return (await _with_recipients(session, [dict(row)]))[0] if row else None
@@ -224,7 +230,7 @@ class FlowHub:
                 await conn.close(timeout=2)
 
 
-async def changes(rt: Runtime, hub: FlowHub, f: Filters, until: float, coalesce: float = 0.1) -> AsyncIterator[dict]:
+async def changes(rt: Runtime, hub: FlowHub, f: Filters, until: float, coalesce: float = 0.01) -> AsyncIterator[dict]:
     """Yield the summary of each alert (matching `f`) that changes, at most one per alert per `coalesce` s."""
     loop = asyncio.get_running_loop()
     async with hub.subscribe() as queue:
@@ -239,9 +245,9 @@ async def changes(rt: Runtime, hub: FlowHub, f: Filters, until: float, coalesce:
             while not queue.empty():
                 ids.add(queue.get_nowait())
             async with rt.sessions() as session:
-                found = [await summary(session, i) for i in sorted(ids)]
+                found = await summaries_of(session, ids)
             for s in found:
-                if s is not None and f.matches(s):
+                if f.matches(s):
                     yield s
 
 

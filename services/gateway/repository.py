@@ -111,7 +111,8 @@ async def record_alert(
             index_elements=[alerts.c.alert_id], set_={"trace_id": trace_id}, where=alerts.c.trace_id.is_(None)))
     else:  # the status consumer may have written the row first, without the CAP origin
         await session.execute(stmt.on_conflict_do_update(
-            index_elements=[alerts.c.alert_id], set_={"cap": cap, "cap_original": cap_original}))
+            index_elements=[alerts.c.alert_id], set_={"cap": cap, "cap_original": cap_original,
+                                                      "trace_id": func.coalesce(alerts.c.trace_id, trace_id)}))
 
 
 async def record_routing(session: AsyncSession, alert_id: UUID, decision: AlertRouted) -> None:

@@ -295,8 +295,9 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, idempotency_ke
             await repository.record_alert(
                 session, alert_id=alert_id, thread_id=thread_id, sender_agency=sub.alert.sender_agency,
                 submitted_by=caller.key_id, received_at=env.occurred_at, alert=sub.alert.model_dump(mode="json"),
-                cap=cap, cap_original=sub.raw if sub.cap else None,
+                cap=cap, cap_original=sub.raw if sub.cap else None, trace_id=tracing.trace_id_of(env.traceparent),
             )
+            await repository.notify_changed(session, {alert_id})  # the live flow shows it now, not when consumed
 
         body = {"id": str(alert_id), "thread_id": str(thread_id), "status_url": f"{rt.settings.public_base_url}/v1/alerts/{alert_id}"}
         if cap:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from services.gateway.console import session
 from services.gateway.console.i18n import WORDS, pick, translate
-from services.gateway.consumer import trace_id
+from shared.tracing import trace_id_of as trace_id
 from services.gateway.ops import Filters, overall_state, recipient_state
 
 TEMPLATES = Path(session.__file__).parent / "templates"
