@@ -10,8 +10,10 @@ from shared.settings import REPO
 RUN = secrets.token_hex(3)
 # Every port a test run opens is BASE + a fixed offset, with BASE drawn per run, so test runs
 # started side by side (two developers' sessions, CI beside a dev loop) never collide.
-# Blocks are 500 wide because offsets go up to 499 (400-499: the notifier tests).
-BASE = 20_000 + 500 * random.SystemRandom().randrange(70)
+# Blocks are 500 wide because offsets go up to 499 (400-499: the notifier tests), and all stay
+# below 32768, where Linux's ephemeral range starts: a listener there can find its port taken by
+# the local end of some client connection.
+BASE = 20_000 + 500 * random.SystemRandom().randrange(25)
 
 
 def port(offset: int) -> int:
