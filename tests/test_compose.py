@@ -176,3 +176,16 @@ def test_services_export_traces_to_jaeger(services):
         assert (otlp.hostname, otlp.port) == ("jaeger", 4318), name  # Jaeger's OTLP/HTTP receiver
         ui = urlsplit(env["BLONET_TRACE_URL_TEMPLATE"])  # opened by a browser on the host
         assert (ui.hostname, ui.port) == published[16686] and "{trace_id}" in ui.path, name
+
+
+def test_the_console_reaches_every_service_and_the_audit_key(services):
+    env = services["gateway"]["environment"]
+    for name in ("routing", "notifier", "audit"):
+        url = urlsplit(env[f"BLONET_{name.upper()}_URL"])
+        published = {container for _, _, container in _ports(services[name])}
+        assert url.hostname == name and url.port in published, name
+    # Audit writes its checkpoint key into a named volume; the gateway mounts the same one read-only.
+    folder = str(Path(env["BLONET_AUDIT_SIGNING_KEY_FILE"]).parent)
+    mounts = {name: {str(v).split(":")[1]: str(v) for v in services[name]["volumes"]} for name in ("audit", "gateway")}
+    assert not mounts["audit"][folder].endswith(":ro") and mounts["gateway"][folder].endswith(":ro")
+    assert mounts["audit"][folder].split(":")[0] == mounts["gateway"][folder].split(":")[0]
