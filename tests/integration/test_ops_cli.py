@@ -20,17 +20,15 @@ from tests.integration.conftest import make_key
 from tests.integration.test_end_to_end import poll
 
 pytestmark = pytest.mark.stack
-# `blonet` run from this checkout (cwd first on sys.path), whatever an editable install points at.
-BLONET = [sys.executable, "-c", "import sys; from services.cli import app; sys.argv[0] = 'blonet'; app()"]
-# The same commands without the rest of `blonet`, whose imports (database, Kafka, audit) cost ~1 s
-# a start on a busy 2-core box: the tests below start the CLI about twenty times.
-OPS = [sys.executable, "-c", "import typer; from services import ops_cli; app = typer.Typer(); ops_cli.install(app); app()"]
+# `blonet` exactly as installed (services.entry), run from this checkout (cwd first on sys.path),
+# whatever an editable install points at. Its operations commands load only what they need.
+BLONET = [sys.executable, "-c", "import sys; from services.entry import main; sys.argv[0] = 'blonet'; main()"]
 # Wide enough that no table cell wraps; unbuffered so a live `tail` shows each line as it is printed.
 CLI_ENV = {"COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
 NOBODY_LISTENS = port(160)
 
 
-async def blonet(*args: str, key: str | None = None, command: list[str] = OPS) -> tuple[int, str, str]:
+async def blonet(*args: str, key: str | None = None, command: list[str] = BLONET) -> tuple[int, str, str]:
     env = {**os.environ, **CLI_ENV, "BLONET_API_KEY": key or ""}
     proc = await asyncio.create_subprocess_exec(*command, *args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE, cwd=REPO, env=env)
@@ -84,7 +82,7 @@ async def test_status_shows_the_decision_with_the_tajik_denial_each_delivery_and
             assert r.status == 202, await r.text()
     await poll(lambda: flow(settings, operator, alert_id), lambda s: any(r["ack_status"] for r in s["recipients"]))
 
-    code, out, err = await blonet("status", alert_id, key=operator, command=BLONET)
+    code, out, err = await blonet("status", alert_id, key=operator)
     assert code == 0, err
     assert "tj-bs/tj-bs-kyzyl-art" in out and "denied: not_on_route" in out and "TJ is not on the KG→UZ route" in out
     for endpoint in ("ep-blo-dostuk", "ep-uz-sbs-dustlik", "ep-unodc"):
@@ -155,7 +153,7 @@ async def test_tail_lists_once_follows_live_and_stops_cleanly_on_ctrl_c(settings
     assert code == 0 and earlier not in out
 
     env = {**os.environ, **CLI_ENV, "BLONET_API_KEY": operator}
-    proc = await asyncio.create_subprocess_exec(*OPS, "tail", "--post", "dostuk", "--last", "0", cwd=REPO, env=env,
+    proc = await asyncio.create_subprocess_exec(*BLONET, "tail", "--post", "dostuk", "--last", "0", cwd=REPO, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert "following the flow" in (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
