@@ -114,8 +114,11 @@ class Ops:
         return self._token
 
     def stream(self, path: str, **params) -> Events:
-        """Open a gateway Server-Sent Events stream now (so nothing that happens from here on is missed)."""
-        return Events(self._open("gateway", "GET", path, params, timeout=STREAM_READ_TIMEOUT))
+        """Open a gateway Server-Sent Events stream; once this returns, nothing that happens is missed
+        (the gateway subscribes before it sends the opening `retry:` line, which is read here)."""
+        events = Events(self._open("gateway", "GET", path, params, timeout=STREAM_READ_TIMEOUT))
+        events.wait_open()
+        return events
 
 
 class Events:
@@ -126,6 +129,11 @@ class Events:
 
     def close(self) -> None:
         self.response.close()
+
+    def wait_open(self) -> None:
+        """Read the stream's opening block (up to its first blank line)."""
+        while (line := self.response.readline()) and line.strip():
+            pass
 
     def __iter__(self) -> Iterator[dict]:
         event, data = None, []
@@ -262,15 +270,16 @@ def tail(
         connected = False
         while True:
             try:
-                # The stream is opened before the list is read, so no change falls between the two.
+                # The stream is open (subscribed) before the list is read: no change falls between the two.
                 with contextlib.closing(ops.stream("/v1/ops/stream", **filters)) as changes:
-                    recent = ops.call("gateway", "GET", "/v1/ops/alerts", **filters, limit=500 if connected else max(last, 1))
-                    for summary in reversed(recent["alerts"] if connected else recent["alerts"][:last]):
+                    recent = ops.call("gateway", "GET", "/v1/ops/alerts", **filters, limit=500)["alerts"]
+                    for k, summary in enumerate(reversed(recent)):
                         if connected:  # back after a break: print what changed meanwhile
                             for line in flow.changes(summary):
                                 console.print(line)
-                        else:  # the backlog: one line per alert; what follows goes recipient by recipient
-                            console.print(alert_line(summary, counts=True))
+                        else:  # the backlog: the last few, one line each; all remembered, so that a
+                            if k >= len(recent) - last:  # reconnect prints only what really changed
+                                console.print(alert_line(summary, counts=True))
                             flow.remember(summary)
                     if not connected:
                         errors.print(Text("following the flow; Ctrl-C stops", style="dim"))

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from aiokafka.errors import IllegalStateError
 
 from shared import tracing
 from shared.events import Envelope
@@ -151,11 +152,14 @@ class EventConsumer:
         if now - self._lag_at < LAG_INTERVAL_SECONDS:
             return
         self._lag_at = now
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is None:  # not fetched yet, so no position to wait for either
+        for tp in list(self.consumer.assignment()):
+            try:
+                high = self.consumer.highwater(tp)
+                if high is None:  # not fetched yet, so no position to wait for either
+                    continue
+                lag = high - await self.consumer.position(tp)
+            except (AssertionError, IllegalStateError):  # revoked meanwhile (a rebalance): nothing to report
                 continue
-            lag = high - await self.consumer.position(tp)
             CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(max(0, lag))
             self._lag_reported.add(tp)
 

@@ -105,4 +105,6 @@ class Runtime:
     def serve(self, app: FastAPI) -> None:
         """Run the app in the foreground; SIGINT/SIGTERM stop it gracefully."""
         configure_logging(self.name, self.settings.log_level)
-        uvicorn.run(app, host=self.settings.bind_host, port=self.port, log_config=None, access_log=False)
+        # Open streams (the live flow, SSE) would otherwise hold a stopping service for up to an hour.
+        uvicorn.run(app, host=self.settings.bind_host, port=self.port, log_config=None, access_log=False,
+                    timeout_graceful_shutdown=5)

@@ -62,7 +62,10 @@ class Settings(BaseSettings):
     # trace_url_template (e.g. http://127.0.0.1:16686/trace/{trace_id}) when it is set.
     otlp_endpoint: str | None = None
     trace_url_template: str | None = None
-    audit_verifier_key: str | None = None  # the audit log's C2SP vkey, for the console's "verified" mark
+    # The audit log's public C2SP vkey, for the console's "verified" mark: given here, or read from
+    # the file audit publishes it to (default: beside its signing key, as <key>.vkey).
+    audit_verifier_key: str | None = None
+    audit_verifier_key_file: Path | None = None
     console_session_seconds: int = 8 * 3600  # an operator's console login lasts at most this long
 
     accept_timeout_seconds: float = 5.0  # the gateway answers 503 if Kafka has not acked by then

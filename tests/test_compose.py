@@ -184,8 +184,10 @@ def test_the_console_reaches_every_service_and_the_audit_key(services):
         url = urlsplit(env[f"BLONET_{name.upper()}_URL"])
         published = {container for _, _, container in _ports(services[name])}
         assert url.hostname == name and url.port in published, name
-    # Audit writes its checkpoint key into a named volume; the gateway mounts the same one read-only.
-    folder = str(Path(env["BLONET_AUDIT_SIGNING_KEY_FILE"]).parent)
+    # Audit alone mounts its signing key's volume; the gateway mounts only the published public key, read-only.
+    private = str(Path(env["BLONET_AUDIT_SIGNING_KEY_FILE"]).parent)
+    public = str(Path(env["BLONET_AUDIT_VERIFIER_KEY_FILE"]).parent)
     mounts = {name: {str(v).split(":")[1]: str(v) for v in services[name]["volumes"]} for name in ("audit", "gateway")}
-    assert not mounts["audit"][folder].endswith(":ro") and mounts["gateway"][folder].endswith(":ro")
-    assert mounts["audit"][folder].split(":")[0] == mounts["gateway"][folder].split(":")[0]
+    assert private in mounts["audit"] and not mounts["audit"][private].endswith(":ro")
+    assert not mounts["audit"][public].endswith(":ro") and mounts["gateway"][public].endswith(":ro")
+    assert private not in mounts["gateway"], "the gateway must never see the audit signing key"

@@ -135,16 +135,26 @@ def router(rt: Runtime, checkpointer) -> APIRouter:
         return await run(lambda s: service.consistency_proof(s, first=first, second=second))
 
     @api.get("/trail/{alert_id}", dependencies=[reader])
-    async def trail(alert_id: UUID) -> dict:
-        """Return an alert's whole story, causes before effects, each entry with its index and bytes."""
-        rows = await run(lambda s: repository.trail(s, alert_id))
-        events = [r for r in rows if not r["type"].startswith("audit.")]
-        if not events:
-            raise HTTPException(404, f"no audit entries for alert {alert_id}")
-        by_index = {r["idx"]: r for r in events}
-        order = causal_order([(r["idx"], r["event_id"], r["causation_id"]) for r in events])
-        return {"alert_id": alert_id, "entries": [present(by_index[i]) for i in order],
-                "related": [present(r) for r in rows if r["type"].startswith("audit.")]}
+    async def trail(alert_id: UUID, tree_size: int | None = Query(
+            None, ge=1, description="also prove each entry's inclusion in the signed tree of this size")) -> dict:
+        """Return an alert's whole story, causes before effects, each entry with its index and bytes.
+
+        With `tree_size`, each entry inside that signed tree carries its inclusion `proof`: one request
+        (and one `audit.access` entry) for a whole verified trail, instead of one per entry."""
+        async def work(session):
+            rows = await repository.trail(session, alert_id)
+            events = [r for r in rows if not r["type"].startswith("audit.")]
+            if not events:
+                raise HTTPException(404, f"no audit entries for alert {alert_id}")
+            by_index = {r["idx"]: r for r in events}
+            order = causal_order([(r["idx"], r["event_id"], r["causation_id"]) for r in events])
+            entries = [present(by_index[i]) for i in order]
+            for item in entries if tree_size is not None else ():
+                if item["index"] < tree_size:
+                    item["proof"] = await service.inclusion_proof(session, tree_size=tree_size, index=item["index"])
+            return {"alert_id": alert_id, "entries": entries,
+                    "related": [present(r) for r in rows if r["type"].startswith("audit.")]}
+        return await run(work)
 
     @api.get("/search", dependencies=[auditor])
     async def search(agency: str | None = None, type: list[str] | None = Query(None), since: datetime | None = None,

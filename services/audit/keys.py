@@ -1,15 +1,23 @@
 """The checkpoint signing key: where it lives, and a development key made on first start."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from services.audit.note import SignerKey
 from shared.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def key_file(settings: Settings) -> Path:
     return settings.audit_signing_key_file or settings.token_private_key_file.parent / "audit-checkpoint.key"
+
+
+def vkey_file(settings: Settings) -> Path:
+    """Where the log's public verifier key is published for local readers (e.g. the console)."""
+    return settings.audit_verifier_key_file or key_file(settings).with_suffix(".vkey")
 
 
 def origin(settings: Settings) -> str:
@@ -44,4 +52,18 @@ def load_signing_key(settings: Settings) -> SignerKey:
     if key.name != name:
         raise RuntimeError(f"the signing key {path} is for {key.name!r} but the log's origin is {name!r} "
                            "(BLONET_AUDIT_ORIGIN)")
+    publish_verifier(settings, key)
     return key
+
+
+def publish_verifier(settings: Settings, key: SignerKey) -> None:
+    """Write the public verifier key where readers that must not see the signing key can find it."""
+    path, text = vkey_file(settings), f"{key.verifier}\n"
+    try:
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(text)
+            tmp.replace(path)
+    except OSError as exc:  # a read-only place: readers then need BLONET_AUDIT_VERIFIER_KEY
+        log.warning("could not publish the verifier key at %s: %s", path, exc)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
 from sqlalchemy import exists, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.models import alerts, forwards, recipients
@@ -179,47 +180,73 @@ async def flow_stats(session: AsyncSession, now: datetime, window: timedelta = t
 
 
 class FlowHub:
-    """One LISTEN connection per gateway instance, fanned out to every live-flow subscriber."""
+    """One LISTEN connection per gateway instance. Changed alerts are looked up once per batch and
+    the summaries fanned out to every live-flow subscriber, each filtering for itself."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.subscribers: set[asyncio.Queue[UUID]] = set()
+    def __init__(self, rt: Runtime, coalesce: float = 0.01) -> None:
+        self.rt, self.coalesce = rt, coalesce
+        self.subscribers: set[asyncio.Queue[dict]] = set()
         self.listening = asyncio.Event()
+        self.pending: set[UUID] = set()
+        self.changed = asyncio.Event()
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[UUID]]:
-        queue: asyncio.Queue[UUID] = asyncio.Queue(maxsize=10_000)
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict]]:
+        queue: asyncio.Queue[dict] = asyncio.Queue(maxsize=10_000)
         self.subscribers.add(queue)
         try:
             yield queue
         finally:
             self.subscribers.discard(queue)
 
-    def _publish(self, _conn, _pid, _channel, payload: str) -> None:
-        alert_id = UUID(payload)
-        for queue in self.subscribers:
-            if not queue.full():  # a stalled reader misses changes, never slows the others
-                queue.put_nowait(alert_id)
+    def _notified(self, _conn, _pid, _channel, payload: str) -> None:
+        if self.subscribers:
+            self.pending.add(UUID(payload))
+            self.changed.set()
+
+    async def fan_out(self) -> None:
+        """Look the changed alerts up (two queries a batch, however many subscribers) and pass them on."""
+        while not self.rt.stopping.is_set():
+            await self.changed.wait()
+            await asyncio.sleep(self.coalesce)  # let a burst of notifications make one batch
+            self.changed.clear()
+            ids, self.pending = self.pending, set()
+            if not ids or not self.subscribers:
+                continue
+            try:
+                async with self.rt.sessions() as session:
+                    found = await summaries_of(session, ids)
+            except (OSError, SQLAlchemyError) as exc:  # the feed skips a beat; the service goes on
+                log.warning("live flow: lookup failed (%s)", exc)
+                continue
+            for queue in list(self.subscribers):
+                for summary in found:
+                    if not queue.full():  # a stalled reader misses changes, never slows the others
+                        queue.put_nowait(summary)
 
     async def run(self) -> None:
         """Keep a LISTEN connection open until the service stops; reconnect after a loss."""
+        fan_out = asyncio.create_task(self.fan_out())
         dsn = db.service_url(self.rt.settings, "gateway").set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self.rt.stopping.is_set():
-            try:
-                await self._listen(dsn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("live flow: not listening (%s); retrying in 2 s", exc)
-            finally:
-                self.listening.clear()
-            if not self.rt.stopping.is_set():
-                await asyncio.sleep(2)
+        try:
+            while not self.rt.stopping.is_set():
+                try:
+                    await self._listen(dsn)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("live flow: not listening (%s); retrying in 2 s", exc)
+                finally:
+                    self.listening.clear()
+                if not self.rt.stopping.is_set():
+                    await asyncio.sleep(2)
+        finally:
+            fan_out.cancel()
 
     async def _listen(self, dsn: str) -> None:
         conn = await asyncpg.connect(dsn)
         try:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _c: lost.set())
-            await conn.add_listener(FLOW_CHANNEL, self._publish)
+            await conn.add_listener(FLOW_CHANNEL, self._notified)
             self.listening.set()
             waits = {asyncio.ensure_future(self.rt.stopping.wait()), asyncio.ensure_future(lost.wait())}
             _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -230,26 +257,35 @@ class FlowHub:
                 await conn.close(timeout=2)
 
 
-async def changes(rt: Runtime, hub: FlowHub, f: Filters, until: float, coalesce: float = 0.01) -> AsyncIterator[dict]:
-    """Yield the summary of each alert (matching `f`) that changes, at most one per alert per `coalesce` s."""
-    loop = asyncio.get_running_loop()
-    async with hub.subscribe() as queue:
-        while (left := until - loop.time()) > 0:
-            try:
-                first = await asyncio.wait_for(queue.get(), timeout=min(left, 15))
-            except asyncio.TimeoutError:
-                yield {}  # a keep-alive tick: lets the caller write a comment and notice a closed client
-                continue
-            await asyncio.sleep(coalesce)
-            ids = {first}
-            while not queue.empty():
-                ids.add(queue.get_nowait())
-            async with rt.sessions() as session:
-                found = await summaries_of(session, ids)
-            for s in found:
-                if f.matches(s):
-                    yield s
+Allowed = Callable[[], Awaitable[bool]]
+RECHECK_SECONDS = 15.0  # how often a stream checks that its caller may still read it
 
+
+async def sse(hub: FlowHub, f: Filters, until_seconds: float, allowed: Allowed,
+              render: Callable[[dict], bytes]) -> AsyncIterator[bytes]:
+    """Server-Sent Events of the alerts matching `f` as they change, rendered by `render`.
+
+    Subscribed before the first byte, so a client that has read the opening `retry:` line misses
+    no change after it. Ends at the deadline, when the service stops, or as soon as a periodic
+    check finds the caller's key revoked or its session over.
+    """
+    loop = asyncio.get_running_loop()
+    until, checked = loop.time() + until_seconds, loop.time()
+    async with hub.subscribe() as queue:
+        yield b"retry: 1000\n\n"
+        while (left := until - loop.time()) > 0 and not hub.rt.stopping.is_set():
+            try:
+                summary = await asyncio.wait_for(queue.get(), timeout=min(left, RECHECK_SECONDS))
+            except asyncio.TimeoutError:
+                summary = None
+            if loop.time() - checked >= RECHECK_SECONDS:
+                if not await allowed():
+                    return
+                checked = loop.time()
+            if summary is None:
+                yield b": keep-alive\n\n"  # also how a closed client is noticed
+            elif f.matches(summary):
+                yield render(summary)
 
 
 async def known_agencies_and_posts(session: AsyncSession) -> tuple[list[str], list[str]]:

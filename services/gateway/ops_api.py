@@ -4,7 +4,6 @@ Operator role only: unlike /v1/alerts, which shows an agency its own alerts, thi
 alert and every recipient. The console serves the same data as pages.
 """
 
-import asyncio
 from typing import Annotated
 from uuid import UUID
 
@@ -14,7 +13,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import AwareDatetime
 
-from services.gateway import ops
+from services.gateway import ops, repository
 from services.gateway.service import ApiError, Caller
 from shared.auth import Role
 from shared.service import Runtime
@@ -58,10 +57,18 @@ def router(rt: Runtime, hub: ops.FlowHub, authenticate) -> APIRouter:
         return Response(_dumps(found), media_type="application/json")
 
     @api.get("/stream")
-    async def stream(_: Operator, f: Filtered,
-                     until_seconds: Annotated[float, Query(gt=0, le=86_400)] = 3600) -> StreamingResponse:
-        """Server-Sent Events: `event: alert` with a summary each time a matching alert appears or changes."""
-        return StreamingResponse(_sse(rt, hub, f, until_seconds), media_type="text/event-stream",
+    async def stream(who: Operator, f: Filtered,
+                     until_seconds: Annotated[float, Query(gt=0, le=3600)] = 3600) -> StreamingResponse:
+        """Server-Sent Events: `event: alert` with a summary each time a matching alert appears or changes.
+
+        The stream ends after `until_seconds` (reconnect for more), and soon after the key is revoked."""
+        async def allowed() -> bool:
+            async with rt.sessions() as session:
+                key = await repository.get_key(session, who.key_id)
+            return key is not None and key["revoked_at"] is None and Role.OPERATOR.value in key["roles"]
+
+        events = ops.sse(hub, f, until_seconds, allowed, lambda s: b"event: alert\ndata: %s\n\n" % _dumps(s))
+        return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return api
@@ -70,9 +77,3 @@ def router(rt: Runtime, hub: ops.FlowHub, authenticate) -> APIRouter:
 def _dumps(value: object) -> bytes:
     # Row keys from SQLAlchemy are str subclasses, which orjson only takes with OPT_NON_STR_KEYS.
     return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
-
-
-async def _sse(rt: Runtime, hub: ops.FlowHub, f: ops.Filters, until_seconds: float):
-    yield b"retry: 1000\n\n"
-    async for s in ops.changes(rt, hub, f, asyncio.get_running_loop().time() + until_seconds):
-        yield b": keep-alive\n\n" if not s else b"event: alert\ndata: %s\n\n" % _dumps(s)

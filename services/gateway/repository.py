@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from uuid import UUID
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -171,8 +171,9 @@ async def record_escalation(session: AsyncSession, alert_id: UUID, agency: str, 
 
 async def notify_changed(session: AsyncSession, alert_ids: set[UUID]) -> None:
     """Tell every gateway instance's live flow which alerts changed (delivered when the transaction commits)."""
-    for alert_id in alert_ids:
-        await session.execute(select(func.pg_notify(FLOW_CHANNEL, str(alert_id))))
+    if alert_ids:
+        await session.execute(text("SELECT pg_notify(:channel, x) FROM unnest(CAST(:ids AS text[])) AS x"),
+                              {"channel": FLOW_CHANNEL, "ids": [str(a) for a in alert_ids]})
 
 
 async def record_ack(session: AsyncSession, alert_id: UUID, ack: AlertAcknowledged, at: datetime) -> None:

@@ -1,15 +1,19 @@
 """The console's pure parts: words in both languages, states, filters, origins, trace ids."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
+from services.gateway import ops
 from services.gateway.console import session
 from services.gateway.console.i18n import WORDS, pick, translate
 from shared.tracing import trace_id_of as trace_id
@@ -102,7 +106,66 @@ def _request(headers: dict) -> Request:
     ({"Origin": "http://evil.example"}, False),
     ({"Sec-Fetch-Site": "cross-site"}, False),
     ({"Referer": "http://127.0.0.1:8000/console/deliveries"}, True),
+    ({"Referer": "http://127.0.0.1:8000.evil.example/console"}, False),
+    ({"Origin": "http://127.0.0.1:80001"}, False),
     ({}, False),
 ])
 def test_state_changing_posts_must_come_from_the_console_itself(headers, ok):
     assert session.same_origin(_request(headers)) is ok
+
+
+class FakeHub:
+    """What ops.sse needs of a FlowHub: a subscription queue and the service's stopping flag."""
+
+    def __init__(self) -> None:
+        self.rt = SimpleNamespace(stopping=asyncio.Event())
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self):
+        yield self.queue
+
+
+async def _collect(stream, limit: float = 5.0) -> list[bytes]:
+    out = []
+
+    async def run():
+        async for chunk in stream:
+            out.append(chunk)
+
+    await asyncio.wait_for(run(), limit)
+    return out
+
+
+async def test_a_stream_sends_only_matching_alerts_and_ends_at_its_deadline():
+    hub = FakeHub()
+    for s in (SUMMARY, {**SUMMARY, "category": "weapons"}, {**SUMMARY, "sender_agency": "uz-sbs"}):
+        hub.queue.put_nowait(s)
+
+    async def allowed():
+        return True
+
+    out = await _collect(ops.sse(hub, Filters(category="drugs"), 0.3, allowed, lambda s: s["sender_agency"].encode()))
+    assert [c for c in out if not c.startswith(b": keep-alive")] == [b"retry: 1000\n\n", b"kg-sbs", b"uz-sbs"]
+
+
+async def test_a_stream_ends_once_its_caller_may_no_longer_read_it(monkeypatch):
+    monkeypatch.setattr(ops, "RECHECK_SECONDS", 0.05)
+    hub, checks = FakeHub(), []
+
+    async def allowed():
+        checks.append(1)
+        return False  # e.g. the key was revoked after the stream opened
+
+    out = await _collect(ops.sse(hub, Filters(), 60, allowed, lambda s: b"row"), limit=2)
+    assert out == [b"retry: 1000\n\n"] and checks == [1]
+
+
+async def test_a_stream_ends_when_the_service_stops():
+    hub = FakeHub()
+    hub.rt.stopping.set()
+
+    async def allowed():
+        return True
+
+    assert await _collect(ops.sse(hub, Filters(), 60, allowed, lambda s: b"row"), limit=2) == [b"retry: 1000\n\n"]

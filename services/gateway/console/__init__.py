@@ -10,8 +10,9 @@ from fastapi.staticfiles import StaticFiles
 
 from services.gateway.console import actions, pages
 from services.gateway.console.session import CrossSite, LoginRequired
-from services.gateway.console.upstream import Upstream
+from services.gateway.console.upstream import Upstream, UpstreamError
 from services.gateway.console.web import Kit
+from services.gateway.console.web import operator as kit_operator
 from services.gateway.ops import FlowHub
 from shared.service import Runtime
 
@@ -23,6 +24,15 @@ def install(app: FastAPI, rt: Runtime, hub: FlowHub) -> None:
     kit = app.state.console = Kit(rt, hub, upstream)
     app.include_router(pages.router(kit))
     app.include_router(actions.router(kit))
+
+    @app.exception_handler(UpstreamError)
+    async def upstream_down(request: Request, exc: UpstreamError):
+        # A service the page needs did not answer: say which, keep the operator signed in.
+        try:
+            who = await kit_operator(request)
+        except LoginRequired:
+            who = None
+        return kit.render(request, "error.html", who, 502, message=str(exc))
 
     @app.exception_handler(CrossSite)
     async def cross_site(_: Request, exc: CrossSite):

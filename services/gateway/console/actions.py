@@ -5,6 +5,7 @@ with its result; forms are validated here and errors shown next to their fields.
 """
 
 import difflib
+from urllib.parse import quote
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
@@ -47,7 +48,7 @@ def router(kit: Kit) -> APIRouter:
     async def rules_diff(request: Request, who: Who, old: str, new: str):
         docs = {}
         for name, digest in (("old", old), ("new", new)):
-            answer = await kit.up.get(who.principal, "routing", f"/v1/routing/rules/{digest}")
+            answer = await kit.up.get(who.principal, "routing", f"/v1/routing/rules/{quote(digest, safe='')}")
             if not answer.ok:
                 return kit.render(request, "error.html", who, answer.status, message=f"{digest}: {answer.detail()}")
             docs[name] = yaml.safe_dump(answer.body["content"], sort_keys=True, allow_unicode=True,
@@ -117,7 +118,7 @@ def router(kit: Kit) -> APIRouter:
         errors = {}
         doc = None
         if version:
-            answer = await kit.up.get(who.principal, "routing", f"/v1/routing/rules/{version}")
+            answer = await kit.up.get(who.principal, "routing", f"/v1/routing/rules/{quote(version, safe='')}")
             if answer.ok:
                 doc = answer.body["content"]
             else:
@@ -189,7 +190,7 @@ def router(kit: Kit) -> APIRouter:
         if switch not in ("enable", "disable"):
             return kit.render(request, "error.html", who, 404, message=switch)
         return await confirm_or(request, who, confirmed, "deliveries.confirm_switch", f"/console/endpoints/{endpoint}/{switch}",
-                                {}, lambda: kit.up.call(who.principal, "notifier", "POST", f"/v1/endpoints/{endpoint}/{switch}"))
+                                {}, lambda: kit.up.call(who.principal, "notifier", "POST", f"/v1/endpoints/{quote(endpoint, safe='')}/{switch}"))
 
     @api.post("/recover")
     async def recover(request: Request, who: Who, endpoint: Annotated[str, Form(max_length=64)] = "",
@@ -209,7 +210,7 @@ def router(kit: Kit) -> APIRouter:
                           **await deliveries_context(who, None))
         return await confirm_or(request, who, confirmed, "deliveries.confirm_recover", "/console/recover",
                                 {"endpoint": endpoint, "since": since},
-                                lambda: kit.up.call(who.principal, "notifier", "POST", f"/v1/endpoints/{endpoint}/recover",
+                                lambda: kit.up.call(who.principal, "notifier", "POST", f"/v1/endpoints/{quote(endpoint, safe='')}/recover",
                                                 json={"since": when.isoformat()}))
 
     return api

@@ -3,7 +3,6 @@
 Server-rendered; `static/console.js` only adds the live feed and loads the trail after the page.
 """
 
-import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 from uuid import UUID
@@ -80,19 +79,19 @@ def router(kit: Kit) -> APIRouter:
         words = kit.words(request)
         row = templates.env.get_template("_row.html")
 
-        async def events():
-            yield b"retry: 1000\n\n"
-            # An hour at most; the browser's EventSource reconnects by itself.
-            async for s in ops.changes(kit.rt, kit.hub, f, asyncio.get_running_loop().time() + 3600):
-                if await request.is_disconnected():
-                    return
-                if not s:
-                    yield b": keep-alive\n\n"
-                    continue
-                html = row.render(a=s, t=words)
-                yield b"event: row\ndata: %s\n\n" % orjson.dumps({"id": str(s["alert_id"]), "html": html})
+        async def allowed() -> bool:  # the session may end or its key be revoked while the page is open
+            try:
+                await session.current(kit.rt, request)
+                return True
+            except session.LoginRequired:
+                return False
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        def render(s: dict) -> bytes:
+            html = row.render(a=s, t=words)
+            return b"event: row\ndata: %s\n\n" % orjson.dumps({"id": str(s["alert_id"]), "html": html})
+
+        # An hour at most; the browser's EventSource reconnects by itself.
+        return StreamingResponse(ops.sse(kit.hub, f, 3600, allowed, render), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # --- one alert -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ session at once. Posts must come from the console's own origin (no cross-site fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import jwt
 from fastapi import Request
@@ -83,5 +84,11 @@ def same_origin(request: Request) -> bool:
         return False
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
-        return site is not None or request.headers.get("referer", "").startswith(str(request.base_url).rstrip("/"))
-    return origin.rstrip("/") == str(request.base_url).rstrip("/")
+        return site is not None or _same(request.headers.get("referer", ""), str(request.base_url))
+    return _same(origin, str(request.base_url))
+
+
+def _same(url: str, base: str) -> bool:
+    """Same scheme, host and port (a look-alike such as http://gw.example.evil.com is not http://gw.example)."""
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc) and bool(a.netloc)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
@@ -53,8 +54,8 @@ async def consumer_lag(settings: Settings, timeout: float = 5.0) -> list[Lag]:
     """Committed offset against the log end, per group, topic and partition (this deployment's groups only)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
     reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
-    await asyncio.wait_for(admin.start(), timeout)
     try:
+        await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(reader.start(), timeout)
         groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(settings.topic_prefix))
         committed = {}
@@ -66,5 +67,6 @@ async def consumer_lag(settings: Settings, timeout: float = 5.0) -> list[Lag]:
         return [Lag(g.removeprefix(settings.topic_prefix), tp.topic.removeprefix(settings.topic_prefix), tp.partition, off, ends.get(tp, off))
                 for (g, tp), off in sorted(committed.items(), key=lambda kv: (kv[0][0], kv[0][1].topic, kv[0][1].partition))]
     finally:
-        await reader.stop()
-        await admin.close()
+        for close in (reader.stop, admin.close):  # either may never have started
+            with contextlib.suppress(Exception):
+                await close()

@@ -6,11 +6,15 @@ trusts neither the audit service's word nor its own database for the "verified" 
 """
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 from uuid import UUID
 
+import orjson
+
 from services.audit import keys
-from services.audit.note import NoteError, SignerKey, VerifierKey
+from services.audit.note import NoteError, VerifierKey
 from services.audit.verify import VerificationError, open_signed, verify_trail_entry
 from services.gateway.console.upstream import Upstream
 from shared.auth import Principal
@@ -35,12 +39,10 @@ class Trail:
 
 
 def verifier_key(settings: Settings) -> VerifierKey:
-    """The configured verifier key; outside production, the local log's own (development convenience)."""
+    """The log's public verifier key: configured, or as audit published it. Never its signing key."""
     if settings.audit_verifier_key:
         return VerifierKey.parse(settings.audit_verifier_key)
-    if settings.environment == "production":
-        raise NoteError("BLONET_AUDIT_VERIFIER_KEY is not set")
-    return SignerKey.parse(keys.key_file(settings).read_text()).verifier
+    return VerifierKey.parse(keys.vkey_file(settings).read_text())
 
 
 def _summary(fields: dict) -> str:
@@ -48,12 +50,18 @@ def _summary(fields: dict) -> str:
     return " · ".join(str(b) for b in bits)
 
 
+def _shown(item: dict) -> Entry:
+    """What the page shows of an entry, read from its bytes (the part the proof covers), not the JSON around them."""
+    try:
+        fields = orjson.loads(base64.b64decode(item["entry"], validate=True))
+    except (KeyError, ValueError, binascii.Error):
+        return Entry(item.get("index", -1), "?", None, "", "failed", "the entry's bytes are unreadable")
+    return Entry(item["index"], str(fields.get("type")), fields.get("occurred_at"),
+                 _summary(fields.get("summary") or fields), "pending")
+
+
 async def verified_trail(up: Upstream, who: Principal, alert_id: UUID) -> Trail:
-    found = await up.get(who, "audit", f"/v1/trail/{alert_id}")
-    if found.status == 404:
-        return Trail(error="no audit entries yet")
-    if not found.ok:
-        return Trail(error=f"{found.status}: {found.detail()}")
+    """Fetch the latest checkpoint, then the trail with a proof for each entry (two audited reads), and check them."""
     note = await up.get(who, "audit", "/v1/checkpoint")
     if not note.ok:
         return Trail(error=f"no checkpoint: {note.detail()}")
@@ -61,16 +69,19 @@ async def verified_trail(up: Upstream, who: Principal, alert_id: UUID) -> Trail:
         checkpoint = open_signed(note.body, verifier_key(up.settings), "the latest checkpoint")
     except (VerificationError, NoteError, OSError) as exc:
         return Trail(error=str(exc))
+    found = await up.get(who, "audit", f"/v1/trail/{alert_id}", tree_size=checkpoint.size)
+    if found.status == 404:
+        return Trail(error="no audit entries yet")
+    if not found.ok:
+        return Trail(error=f"{found.status}: {found.detail()}")
     trail = Trail(checkpoint_size=checkpoint.size)
     for item in found.body["entries"]:
-        fields = item["fields"]
-        entry = Entry(item["index"], item["type"], fields.get("occurred_at"), _summary(fields.get("summary") or fields), "pending")
-        if item["index"] < checkpoint.size:
-            proof = await up.get(who, "audit", "/v1/proofs/inclusion", index=item["index"], tree_size=checkpoint.size)
+        entry = _shown(item)
+        if entry.status != "failed" and item["index"] < checkpoint.size:
             try:
-                if not proof.ok:
-                    raise VerificationError(f"no proof: {proof.detail()}")
-                entry.remark = "; ".join(verify_trail_entry(item, proof.body, checkpoint))
+                if "proof" not in item:
+                    raise VerificationError("no inclusion proof was given")
+                entry.remark = "; ".join(verify_trail_entry(item, item["proof"], checkpoint))
                 entry.status = "verified"
             except VerificationError as exc:
                 entry.status, entry.remark = "failed", str(exc)
