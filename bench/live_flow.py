@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import time
 
@@ -26,7 +25,7 @@ import uvloop
 from sqlalchemy import select
 
 from bench.loadgen import pct
-from bench.pipeline import BASE_PORT, RECEIVER_PORT, SERVICES, Bench
+from bench.pipeline import BASE_PORT, RECEIVER_PORT, SERVICES, Bench, drive
 from demo.scenario import SCENARIO
 from services.gateway import repository as gateway_repo
 from services.gateway.models import alerts
@@ -133,28 +132,11 @@ class LiveFlow(Bench):
         return out
 
     def summary(self) -> None:
-        pass
+        pass  # each step's row is printed as it finishes
 
 
 async def main() -> int:
-    bench = LiveFlow(parse_args())
-    task = asyncio.current_task()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
-    code = 0
-    try:
-        await bench.run()
-    except asyncio.CancelledError:
-        task.uncancel()
-        print("\nbench: interrupted; cleaning up", flush=True)
-        code = 130
-    except Exception as exc:
-        print(f"\nbench failed: {exc!r}", flush=True)
-        code = 1
-    finally:
-        await bench.cleanup()
-    print(f"results: {bench.save()}")
-    return code
+    return await drive(LiveFlow(parse_args()))
 
 
 if __name__ == "__main__":

@@ -481,11 +481,10 @@ def _cpu(cpu: dict) -> str:
     return text
 
 
-async def main() -> int:
-    args = parse_args()
-    bench = Bench(args)
+async def drive(bench: Bench) -> int:
+    """Run a bench, then always clean up (children, database, stack), also on Ctrl-C; return the exit code."""
     task = asyncio.current_task()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # stop cleanly: children, database, stack
+    for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
     code = 0
     try:
@@ -495,7 +494,7 @@ async def main() -> int:
         print("\nbench: interrupted; cleaning up", flush=True)
         code = 130
     except Exception as exc:
-        print(f"\nbench failed: {exc}", flush=True)
+        print(f"\nbench failed: {exc!r}", flush=True)
         code = 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -504,6 +503,10 @@ async def main() -> int:
     bench.summary()
     print(f"\nresults: {bench.save()}")
     return code
+
+
+async def main() -> int:
+    return await drive(Bench(parse_args()))
 
 
 if __name__ == "__main__":
