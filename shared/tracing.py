@@ -79,7 +79,8 @@ def build_provider(service: str, settings: Settings) -> TracerProvider:
     })
     provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER, else parent-based always-on
     endpoint = f"{settings.otlp_endpoint.rstrip('/')}/v1/traces"
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    # A short export timeout: with the collector gone, a stopping service waits seconds, not ten.
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=3)))
     return provider
 
 
