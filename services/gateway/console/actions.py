@@ -5,9 +5,9 @@ with its result; forms are validated here and errors shown next to their fields.
 """
 
 import difflib
-from urllib.parse import quote
 from datetime import datetime
 from typing import Annotated
+from urllib.parse import quote
 from uuid import UUID
 
 import orjson
@@ -17,10 +17,10 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from services.gateway import ops
-from services.gateway.console import session
 from services.gateway.console.upstream import UpstreamError
 from services.gateway.console.web import Kit, Who, load_document
 from shared.alerts import Alert
+from shared.auth import Principal
 
 
 def router(kit: Kit) -> APIRouter:
@@ -28,8 +28,8 @@ def router(kit: Kit) -> APIRouter:
 
     # --- rules -----------------------------------------------------------------------------------
 
-    async def rules_context(who: session.Operator) -> dict:
-        answer = await kit.up.get(who.principal, "routing", "/v1/routing/rules")
+    async def rules_context(who: Principal) -> dict:
+        answer = await kit.up.get(who, "routing", "/v1/routing/rules")
         if not answer.ok:
             raise UpstreamError("routing", f"{answer.status} {answer.detail()}")
         async with kit.rt.sessions() as s:
@@ -48,7 +48,7 @@ def router(kit: Kit) -> APIRouter:
     async def rules_diff(request: Request, who: Who, old: str, new: str):
         docs = {}
         for name, digest in (("old", old), ("new", new)):
-            answer = await kit.up.get(who.principal, "routing", f"/v1/routing/rules/{quote(digest, safe='')}")
+            answer = await kit.up.get(who, "routing", f"/v1/routing/rules/{quote(digest, safe='')}")
             if not answer.ok:
                 return kit.render(request, "error.html", who, answer.status, message=f"{digest}: {answer.detail()}")
             docs[name] = yaml.safe_dump(answer.body["content"], sort_keys=True, allow_unicode=True,
@@ -94,7 +94,7 @@ def router(kit: Kit) -> APIRouter:
         if not errors:
             try:
                 path = "/v1/routing/explain/compare" if "content" in body else "/v1/routing/explain"
-                answer = await kit.up.call(who.principal, "routing", "POST", path, json=body)
+                answer = await kit.up.call(who, "routing", "POST", path, json=body)
             except UpstreamError as exc:
                 errors["candidate"] = str(exc)
             else:
@@ -118,7 +118,7 @@ def router(kit: Kit) -> APIRouter:
         errors = {}
         doc = None
         if version:
-            answer = await kit.up.get(who.principal, "routing", f"/v1/routing/rules/{quote(version, safe='')}")
+            answer = await kit.up.get(who, "routing", f"/v1/routing/rules/{quote(version, safe='')}")
             if answer.ok:
                 doc = answer.body["content"]
             else:
@@ -135,7 +135,7 @@ def router(kit: Kit) -> APIRouter:
                           fields={"content": content, "version": version}, back="/console/rules",
                           preview=yaml.safe_dump(doc, sort_keys=True, allow_unicode=True)[:20_000])
         if not errors:
-            answer = await kit.up.call(who.principal, "routing", "PUT", "/v1/routing/rules", json=doc)
+            answer = await kit.up.call(who, "routing", "PUT", "/v1/routing/rules", json=doc)
             if answer.ok:
                 key = "rules.activated_ok" if answer.body.get("changed") else "rules.unchanged"
                 return kit.done("/console/rules", True, kit.words(request)(key, hash=answer.body["ruleset_hash"]))
@@ -145,12 +145,12 @@ def router(kit: Kit) -> APIRouter:
 
     # --- deliveries ------------------------------------------------------------------------------
 
-    async def deliveries_context(who: session.Operator, endpoint: str | None) -> dict:
+    async def deliveries_context(who: Principal, endpoint: str | None) -> dict:
         context = {"endpoints": [], "dead": [], "problems": [], "endpoint": endpoint}
         calls = (("endpoints", "/v1/endpoints", {}), ("dead", "/v1/deliveries/failed", {"endpoint": endpoint, "limit": 200}))
         for name, path, params in calls:
             try:
-                answer = await kit.up.get(who.principal, "notifier", path, **params)
+                answer = await kit.up.get(who, "notifier", path, **params)
             except UpstreamError as exc:
                 context["problems"].append(str(exc))
                 break
@@ -164,7 +164,7 @@ def router(kit: Kit) -> APIRouter:
     async def deliveries_page(request: Request, who: Who, endpoint: str | None = None):
         return kit.render(request, "deliveries.html", who, errors={}, form={}, **await deliveries_context(who, endpoint))
 
-    async def confirm_or(request: Request, who: session.Operator, confirmed: str, question: str, action: str,
+    async def confirm_or(request: Request, who: Principal, confirmed: str, question: str, action: str,
                          fields: dict, call) -> Response:
         if not confirmed:
             return kit.render(request, "confirm.html", who, question=question, action=action, fields=fields,
@@ -181,7 +181,7 @@ def router(kit: Kit) -> APIRouter:
     async def replay(request: Request, delivery_id: UUID, who: Who, confirmed: Annotated[str, Form(max_length=1)] = ""):
         kit.guard(request)
         return await confirm_or(request, who, confirmed, "deliveries.confirm_replay", f"/console/deliveries/{delivery_id}/replay",
-                                {}, lambda: kit.up.call(who.principal, "notifier", "POST", f"/v1/deliveries/{delivery_id}/replay"))
+                                {}, lambda: kit.up.call(who, "notifier", "POST", f"/v1/deliveries/{delivery_id}/replay"))
 
     @api.post("/endpoints/{endpoint}/{switch}")
     async def switch(request: Request, endpoint: str, switch: str, who: Who,
@@ -190,7 +190,7 @@ def router(kit: Kit) -> APIRouter:
         if switch not in ("enable", "disable"):
             return kit.render(request, "error.html", who, 404, message=switch)
         return await confirm_or(request, who, confirmed, "deliveries.confirm_switch", f"/console/endpoints/{endpoint}/{switch}",
-                                {}, lambda: kit.up.call(who.principal, "notifier", "POST", f"/v1/endpoints/{quote(endpoint, safe='')}/{switch}"))
+                                {}, lambda: kit.up.call(who, "notifier", "POST", f"/v1/endpoints/{quote(endpoint, safe='')}/{switch}"))
 
     @api.post("/recover")
     async def recover(request: Request, who: Who, endpoint: Annotated[str, Form(max_length=64)] = "",
@@ -210,7 +210,7 @@ def router(kit: Kit) -> APIRouter:
                           **await deliveries_context(who, None))
         return await confirm_or(request, who, confirmed, "deliveries.confirm_recover", "/console/recover",
                                 {"endpoint": endpoint, "since": since},
-                                lambda: kit.up.call(who.principal, "notifier", "POST", f"/v1/endpoints/{quote(endpoint, safe='')}/recover",
+                                lambda: kit.up.call(who, "notifier", "POST", f"/v1/endpoints/{quote(endpoint, safe='')}/recover",
                                                 json={"since": when.isoformat()}))
 
     return api

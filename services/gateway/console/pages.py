@@ -113,7 +113,7 @@ def router(kit: Kit) -> APIRouter:
     @api.get("/alerts/{alert_id}/trail")
     async def alert_trail(request: Request, alert_id: UUID, who: Who):
         try:
-            found = await trail.verified_trail(kit.up, who.principal, alert_id)
+            found = await trail.verified_trail(kit.up, who, alert_id)
         except UpstreamError as exc:
             found = trail.Trail(error=str(exc))
         return kit.render(request, "_trail.html", who, trail=found, alert_id=alert_id)

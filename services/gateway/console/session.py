@@ -6,7 +6,6 @@ session at once. Posts must come from the console's own origin (no cross-site fo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import jwt
@@ -33,19 +32,6 @@ class CrossSite(Exception):
     """A state-changing request that did not come from a console page: refused with 403."""
 
 
-@dataclass(frozen=True)
-class Operator:
-    principal: Principal
-
-    @property
-    def key_id(self) -> str:
-        return self.principal.key_id
-
-    @property
-    def agency(self) -> str:
-        return self.principal.agency
-
-
 async def sign_in(rt: Runtime, api_key: str) -> tuple[str | None, str | None]:
     """Return (session token, None) for an active operator key, else (None, error key)."""
     if split_api_key(api_key) is None:
@@ -60,7 +46,8 @@ async def sign_in(rt: Runtime, api_key: str) -> tuple[str | None, str | None]:
     return issue_token(rt.settings, principal, ttl=rt.settings.console_session_seconds, audience=AUDIENCE), None
 
 
-async def current(rt: Runtime, request: Request) -> Operator:
+async def current(rt: Runtime, request: Request) -> Principal:
+    """The signed-in operator (a principal with the operator role), or LoginRequired."""
     token = request.cookies.get(COOKIE)
     if not token:
         raise LoginRequired()
@@ -74,7 +61,7 @@ async def current(rt: Runtime, request: Request) -> Operator:
         key = await repository.get_key(session, principal.key_id)
     if key is None or key["revoked_at"] is not None or Role.OPERATOR.value not in key["roles"]:
         raise LoginRequired("login.bad_key")
-    return Operator(principal)
+    return principal
 
 
 def same_origin(request: Request) -> bool:

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from services.gateway.console import session
+from shared.auth import Principal
 from services.gateway.console.i18n import pick, translate
 from services.gateway.console.upstream import Answer, Upstream, UpstreamError
 from services.gateway.ops import FlowHub
@@ -57,7 +58,7 @@ class Kit:
         lang = self.lang(request)
         return lambda key, **values: translate(lang, key, **values)
 
-    def render(self, request: Request, name: str, who: session.Operator | None, status: int = 200, **context) -> HTMLResponse:
+    def render(self, request: Request, name: str, who: Principal | None, status: int = 200, **context) -> HTMLResponse:
         flash = _read_flash(request)
         response = templates.TemplateResponse(request, name, {
             "t": self.words(request), "lang": self.lang(request), "who": who, "flash": flash,
@@ -79,10 +80,10 @@ class Kit:
         if not session.same_origin(request):
             raise session.CrossSite()
 
-    async def fetch(self, who: session.Operator, service: str, path: str, problems: list[str], **params) -> Answer | None:
+    async def fetch(self, who: Principal, service: str, path: str, problems: list[str], **params) -> Answer | None:
         """GET from a service; on failure note why in `problems` (shown on the page) and return None."""
         try:
-            answer = await self.up.get(who.principal, service, path, **params)
+            answer = await self.up.get(who, service, path, **params)
         except UpstreamError as exc:
             problems.append(str(exc))
             return None
@@ -93,11 +94,11 @@ class Kit:
         return None
 
 
-async def operator(request: Request) -> session.Operator:
+async def operator(request: Request) -> Principal:
     return await session.current(request.app.state.console.rt, request)
 
 
-Who = Annotated[session.Operator, Depends(operator)]
+Who = Annotated[Principal, Depends(operator)]
 
 
 def _read_flash(request: Request) -> dict | None:
