@@ -13,10 +13,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from services.gateway.console import session
-from shared.auth import Principal
 from services.gateway.console.i18n import pick, translate
 from services.gateway.console.upstream import Answer, Upstream, UpstreamError
 from services.gateway.ops import FlowHub
+from shared.auth import Principal
 from shared.service import Runtime
 
 FLASH = "blonet_flash"  # an action's result, shown once on the page it redirects to
