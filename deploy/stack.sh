@@ -24,9 +24,10 @@ for p in "$KPORT" "$CPORT" "$PGPORT"; do
     echo "stack: bad port number '$p'" >&2; exit 1
   fi
 done
-# Paths end up in config files read by other processes: make them absolute.
-[[ $STACK_DIR == /* ]] || STACK_DIR=$PWD/$STACK_DIR
-[[ $CACHE_DIR == /* ]] || CACHE_DIR=$PWD/$CACHE_DIR
+# Paths end up in config files read by other processes, and identify our own servers by their
+# command line: make them absolute and canonical, so a stack reached through a symlink is the same.
+STACK_DIR=$(realpath -m "$STACK_DIR")
+CACHE_DIR=$(realpath -m "$CACHE_DIR")
 
 KDIR=$STACK_DIR/kafka
 KPID=$KDIR/kafka.pid
