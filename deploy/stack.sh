@@ -32,9 +32,6 @@ CACHE_DIR=$(realpath -m "$CACHE_DIR")
 KDIR=$STACK_DIR/kafka
 KPID=$KDIR/kafka.pid
 KLIBS=$CACHE_DIR/kafka-libs
-PGBASE=$STACK_DIR/postgres
-PGDATA=$PGBASE/data
-PGLOG=$PGBASE/postgres.log
 START_TIMEOUT=60
 
 # die REASON [LOG...]: one-line reason, then the tail of each given log.
@@ -256,13 +253,22 @@ find_pg_bin() {
   [[ -n $v && -x /usr/lib/postgresql/$v/bin/initdb ]] && PGBIN=/usr/lib/postgresql/$v/bin
 }
 
-install_pg() {
-  (( IS_ROOT )) || die "postgres: not installed (need root to apt-get install postgresql)"
-  echo "postgres: installing the postgresql package"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; } \
-    >"$STACK_DIR/apt.log" 2>&1 || die "postgres: apt-get install postgresql failed" "$STACK_DIR/apt.log"
+# Where the cluster lives. As root the server runs as 'postgres', which must be able to reach
+# its data folder; a checkout under a private folder (a 0700 home, any `mktemp -d`) is out of its
+# reach, and we never change the user's folders. Then the cluster lives in a folder of its own
+# under /var/lib/blonet, one per stack folder (named by a hash of its path), and `clean` removes it.
+# Such a cluster is a throwaway: `stop` deletes it, and the Kafka data with it so that the two
+# never disagree (e.g. consumer offsets past events the database never saw).
+PG_OUTSIDE=/var/lib/blonet
+pg_locate() {
+  PGBASE=$STACK_DIR/postgres
+  if (( IS_ROOT )) && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$STACK_DIR/." 2>/dev/null; then
+    PGBASE=$PG_OUTSIDE/pg-$(printf %s "$STACK_DIR" | sha256sum | cut -c1-12)
+  fi
+  PGDATA=$PGBASE/data
+  PGLOG=$PGBASE/postgres.log
 }
+pg_outside() { [[ $PGBASE == "$PG_OUTSIDE"/* ]]; }
 
 # initdb/pg_ctl/postgres refuse to run as root: as root, run them as 'postgres'.
 # cd first so the server's cwd is somewhere that user can read.
@@ -316,7 +322,11 @@ EOF
 }
 
 pg_start() {
-  find_pg_bin || { install_pg; find_pg_bin; } || die "postgres: no server binaries in /usr/lib/postgresql after install"
+  if (( IS_ROOT )) && ! id postgres >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home postgres
+  fi
+  pg_locate
+  find_pg_bin || die "postgres: no server binaries under /usr/lib/postgresql (deploy/setup.sh run installs them)"
   if pg_running; then
     pg_ready && { echo "postgres: already running on 127.0.0.1:$PGPORT (pid $(pg_pid))"; return 0; }
     die "postgres: pid $(pg_pid) is alive but 127.0.0.1:$PGPORT does not answer (stop it first; see $PGLOG)"
@@ -326,7 +336,7 @@ pg_start() {
   SOCKDIR=$(pg_socket_dir)
   mkdir -p "$PGBASE" "$SOCKDIR"
   if (( IS_ROOT )); then
-    id postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home postgres
+    pg_outside && chmod 755 "$PG_OUTSIDE"
     chown postgres: "$PGBASE" "$SOCKDIR"
     chmod 700 "$PGBASE"
     runuser -u postgres -- test -w "$PGBASE" \
@@ -349,23 +359,36 @@ pg_start() {
   as_pg setsid -w "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$PGLOG" -w -t "$START_TIMEOUT" -s 8>&- \
     || die "postgres: failed to start" "$PGLOG"
   pg_ready || die "postgres: started but 127.0.0.1:$PGPORT does not answer" "$PGLOG"
-  echo "postgres: started on 127.0.0.1:$PGPORT (pid $(pg_pid), $((SECONDS - t0))s)"
+  local where=
+  pg_outside && where=", data in $PGBASE since user postgres cannot reach $STACK_DIR; stop deletes it"
+  echo "postgres: started on 127.0.0.1:$PGPORT (pid $(pg_pid), $((SECONDS - t0))s$where)"
 }
 
 pg_stop() {
+  pg_locate
   find_pg_bin || true
-  if ! pg_running; then
+  if pg_running; then
+    local pid
+    pid=$(pg_pid)
+    as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 60 -s \
+      || die "postgres: pg_ctl stop failed (see $PGLOG)"
+    echo "postgres: stopped (pid $pid)"
+  else
     echo "postgres: not running"
-    return 0
   fi
-  local pid
-  pid=$(pg_pid)
-  as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 60 -s \
-    || die "postgres: pg_ctl stop failed (see $PGLOG)"
-  echo "postgres: stopped (pid $pid)"
+  if pg_outside && [[ -d $PGBASE ]]; then
+    rm -rf "$PGBASE"
+    echo "postgres: deleted its data in $PGBASE"
+    if ! kafka_pid >/dev/null && [[ -d $KDIR/data ]]; then
+      rm -rf "$KDIR/data"
+      echo "kafka: deleted its data in $KDIR/data, to stay in step with the database"
+    fi
+  fi
+  return 0
 }
 
 pg_status() {
+  pg_locate
   find_pg_bin || true
   if pg_running; then
     if pg_ready; then
