@@ -30,13 +30,15 @@ def bare_path():
         bin_dir.chmod(0o755)  # reachable by 'nobody'
         for tool in ("id", "sed", "head", "cut"):
             (bin_dir / tool).symlink_to(shutil.which(tool))
+        # A copy of the script: the checkout itself may be out of that user's reach (a 0700 folder).
+        shutil.copy(REPO / "deploy/setup.sh", bin_dir / "setup.sh")
         yield str(bin_dir)
     finally:
         shutil.rmtree(bin_dir)
 
 
 def test_setup_as_a_user_names_each_missing_package_and_the_command_then_fails(bare_path):
-    result = subprocess.run(as_unprivileged(["/usr/bin/env", f"PATH={bare_path}", "/bin/bash", str(REPO / "deploy/setup.sh"), "test"]),
+    result = subprocess.run(as_unprivileged(["/usr/bin/env", f"PATH={bare_path}", "/bin/bash", f"{bare_path}/setup.sh", "test"]),
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1, result
     lines = result.stderr.splitlines()
