@@ -89,7 +89,7 @@ def assert_trail_before_the_first_checkpoint(text: str) -> None:
     """In a real browser, the alert page's trail lists its entries as not yet covered by a checkpoint, no raw error."""
     url = re.search(r"operations console:\s+(\S+)", text).group(1)
     key = re.search(r"operator key:\s+(\S+)", text).group(1)
-    alert_id = re.search(r"/v1/trail/([0-9a-f-]{36})", text).group(1)
+    alert_id = re.search(r"alert ([0-9a-f-]{36}) routed", text).group(1)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
