@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 import uvloop
 import yaml
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -317,10 +317,9 @@ class Bench:
         print(f"\n== 2. Fair floor: FastAPI -> Kafka (acks=all) -> fan-out to {FANOUT['floor']} records keyed by endpoint -> "
               f"POSTs (in order per endpoint) + a status record each -> a consumer of every topic; no logic, topic prefix {prefix}",
               flush=True)
-        await self.create_topics([
-            NewTopic(f"{prefix}floor", num_partitions=topics.ALERTS_SUBMITTED.partitions, replication_factor=1),
-            NewTopic(f"{prefix}floor-requested", num_partitions=topics.DELIVERIES_REQUESTED.partitions, replication_factor=1),
-            NewTopic(f"{prefix}floor-status", num_partitions=topics.DELIVERIES_STATUS.partitions, replication_factor=1)])
+        await self.create_topics([(f"{prefix}floor", topics.ALERTS_SUBMITTED.partitions),
+                                  (f"{prefix}floor-requested", topics.DELIVERIES_REQUESTED.partitions),
+                                  (f"{prefix}floor-status", topics.DELIVERIES_STATUS.partitions)])
         env = {**self.app_env, "BLONET_TOPIC_PREFIX": prefix, "BENCH_FLOOR_TOPIC": "floor", "BENCH_FLOOR_PORT": str(FLOOR_PORT),
                "BENCH_RECEIVER_URL": f"{self.receiver_url}/floor", "BENCH_FLOOR_ENDPOINTS": ",".join(EXPECTED_RECIPIENTS)}
         await self.run_floor("floor", prefix, env, ["fanout", "deliver", "sink"])
@@ -329,7 +328,7 @@ class Bench:
         prefix = self.floor1_prefix
         print(f"\n== 3. One-POST floor: FastAPI -> Kafka (acks=all) -> EventConsumer -> one aiohttp POST, no logic, "
               f"topic prefix {prefix}", flush=True)
-        await self.create_topics([NewTopic(f"{prefix}floor", num_partitions=FLOOR_PARTITIONS, replication_factor=1)])
+        await self.create_topics([(f"{prefix}floor", FLOOR_PARTITIONS)])
         env = {**self.app_env, "BLONET_TOPIC_PREFIX": prefix, "BENCH_FLOOR_TOPIC": "floor",
                "BENCH_FLOOR_PORT": str(FLOOR_PORT), "BENCH_RECEIVER_URL": f"{self.receiver_url}/floor"}
         await self.run_floor("floor1", prefix, env, ["relay"])
@@ -423,12 +422,14 @@ class Bench:
         finally:
             await engine.dispose()
 
-    async def create_topics(self, new: list[NewTopic]) -> None:
+    async def create_topics(self, new: list[tuple[str, int]]) -> None:
+        """Create (name, partitions) topics replicated as BLOnet's are on this cluster."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
         await admin.start()
         try:
-            await admin.create_topics(new)
-            self.topics_created += [t.name for t in new]
+            replicas = await topics.replication(admin)
+            await admin.create_topics([topics.new_topic(name, parts, replicas) for name, parts in new])
+            self.topics_created += [name for name, _ in new]
         finally:
             await admin.close()
 
