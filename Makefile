@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: setup-run install  ## start Kafka, PostgreSQL, the four services and the demo; Ctrl-C stops it all
-	@deploy/run.sh
+	@deploy/run.sh $(RUN_ARGS)
 
 test: setup-test install  ## run every test on the test stack; stops the stack it started (KEEP_STACK=1 keeps it)
 	@$(TEST_STACK) KEEP_STACK=$(KEEP_STACK) deploy/test.sh $(PYTEST_ARGS)
