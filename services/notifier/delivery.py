@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
+from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook
 
 from services.notifier import channels, repository
@@ -100,7 +101,12 @@ class Deliverer:
             while not self.rt.stopping.is_set():
                 self.wake.clear()  # before claiming: a wake-up during the claim must not be lost
                 if len(self._busy) < MAX_ENDPOINTS_IN_FLIGHT:
-                    claimed = await self._claim()
+                    try:
+                        claimed = await self._claim()
+                    except (OSError, SQLAlchemyError) as exc:  # the database is away: an outage to wait out, not an end
+                        log.warning("claiming deliveries failed (%s); trying again in 1 s", type(exc).__name__)
+                        await asyncio.sleep(1)
+                        continue
                     for endpoint, (rows, state) in claimed.items():
                         self._busy.add(endpoint)
                         task = asyncio.create_task(self._deliver_all(endpoint, rows, state))
