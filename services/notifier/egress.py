@@ -48,7 +48,7 @@ def kind(address: Address) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     for name, internal in (("loopback", address.is_loopback), ("link-local", address.is_link_local),
-                           ("private", address.is_private), ("unspecified", address.is_unspecified),
+                           ("unspecified", address.is_unspecified), ("private", address.is_private),
                            ("multicast", address.is_multicast)):
         if internal:
             return name
