@@ -45,17 +45,6 @@ async def logged_alert(settings, http: aiohttp.ClientSession, audit_url: str) ->
     return alert_id, await poll(entries, lambda found: any(e["payload"] for e in found))
 
 
-async def owner_session(settings, work):
-    engine = db.make_engine(settings, db.owner_role("audit"), pool_size=1)
-    try:
-        async with db.make_sessionmaker(engine)() as session:
-            result = await work(session)
-            await session.commit()
-            return result
-    finally:
-        await engine.dispose()
-
-
 def verify(settings, token: str, alert_id: str):
     vkey = keys.vkey_file(settings).read_text().strip()
     return CliRunner().invoke(audit_cli, ["verify", "--alert", alert_id, "--key", vkey, "--token", token,
@@ -77,7 +66,7 @@ async def test_payloads_leave_only_by_a_logged_erasure_and_verify_checks_it(sett
         assert await in_session(settings, "audit", lambda s: s.scalar(select(payloads.c.idx).where(payloads.c.idx == index)))
 
         # (b) A payload removed behind the erase path's back fails verification.
-        await owner_session(settings, delete)
+        await in_session(settings, db.owner_role("audit"), delete)  # e.g. a DBA, behind the erase path's back
         async with http.post(f"{audit_url}/v1/checkpoint") as r:
             assert r.status == 200
         result = await asyncio.to_thread(verify, settings, token, tampered)

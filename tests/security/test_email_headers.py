@@ -8,34 +8,13 @@ e-mail is delivered; anything a channel still raises is a failed attempt on the 
 """
 from __future__ import annotations
 
-import email
-import email.policy
-
 import pytest
-from aiosmtpd.controller import Controller
 
 from tests.integration.test_notifier import attempt_log, register, request_deliveries, wait_for_state
+from tests.integration.test_notifier_channels import mailbox  # noqa: F401  (the test SMTP server, a fixture)
 
 pytestmark = pytest.mark.stack
 INJECTED = "Border closed\r\nBcc: leak@attacker.example\r\nX-Injected: yes"
-
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.got: list[tuple[list[str], email.message.EmailMessage]] = []
-
-    async def handle_DATA(self, server, session, envelope):  # aiosmtpd's handler hook
-        self.got.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content, policy=email.policy.default)))
-        return "250 OK"
-
-
-@pytest.fixture
-def mailbox(settings):
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=settings.smtp_port)
-    controller.start()
-    yield box
-    controller.stop()
 
 
 def view(headline: str) -> dict:
@@ -48,8 +27,8 @@ async def test_a_newline_in_the_headline_cannot_inject_headers_nor_wedge_deliver
     ids = await request_deliveries(settings, ["mail-inject"], channel="email", email="duty@kg-moi.example", url=None,
                                    body=view(INJECTED))
     assert await wait_for_state(settings, ids["mail-inject"], "delivered", timeout=15) == [250]
-    ((rcpt, message),) = mailbox.got
-    assert rcpt == ["duty@kg-moi.example"], "no recipient smuggled in through the Subject"
+    (message,) = mailbox.messages
+    assert mailbox.recipients == [["duty@kg-moi.example"]], "no recipient smuggled in through the Subject"
     assert message["Bcc"] is None and message["X-Injected"] is None
     assert "\n" not in message["Subject"] and "\r" not in message["Subject"]
     assert message["Subject"].strip().startswith("BLOnet alert: Border closed")  # a long header is folded
@@ -60,10 +39,12 @@ async def test_an_exception_inside_a_channel_is_a_failed_attempt_on_the_schedule
     must be an attempt with its reason, retried on the schedule and dead-lettered, not a worker crash
     that leaves the row leased and claimed again forever."""
     await register(settings, ["mail-broken"])
-    broken = {"alert": {"headline": "x", "language": "ru", "translations": 5}}
+    secret = "Ivanov Ivan, born 1980-01-01"  # personal data: must not reach a log line or the reason
+    broken = {"alert": {"headline": secret, "language": "ru", "translations": 5}}
     ids = await request_deliveries(settings, ["mail-broken"], channel="email", email="duty@kg-moi.example", url=None,
                                    language="en", body=broken)
     assert await wait_for_state(settings, ids["mail-broken"], "failed", timeout=20) == [None] * 4
     _, _, reason = await attempt_log(settings, ids["mail-broken"])
     assert reason.startswith("retry schedule exhausted after 4 attempts; last: internal error"), reason
-    assert not mailbox.got, "nothing was sent"
+    assert not mailbox.messages, "nothing was sent"
+    assert secret not in reason and secret not in services["notifier"].log.read_text(), "nothing logged in clear"
