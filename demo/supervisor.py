@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 
 import aiohttp
@@ -12,6 +13,7 @@ from rich.table import Table
 from demo.inbox import Inbox, serve
 from demo.processes import Supervised, instance_env
 from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, SCENARIO
+from services.audit import keys as audit_keys
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
 from services.routing.cli import apply_network
@@ -64,6 +66,8 @@ async def prepare(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
     ids = {e.id for e in directory.endpoints}
     await _session_do(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, ids))
     secrets = await _session_do(settings, "notifier", notifier_repo.secrets_by_endpoint)
+    if not settings.audit_verifier_key:  # the console trusts only a configured key: pin this node's, as set up now
+        os.environ["BLONET_AUDIT_VERIFIER_KEY"] = str(audit_keys.load_signing_key(settings).verifier)
     return keys, secrets
 
 
