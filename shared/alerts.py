@@ -6,6 +6,8 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from shared import langtag
+
 
 class Category(StrEnum):
     DRUGS = "drugs"
@@ -60,7 +62,7 @@ class Translation(BaseModel):
     """The alert's text in another language (CAP: one more <info> block)."""
 
     model_config = ConfigDict(extra="forbid")
-    language: str = Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    language: str = Field(pattern=langtag.PATTERN, description="a BCP 47 tag (xs:language), kept as sent")
     headline: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=20_000)
     instruction: str | None = Field(None, max_length=4_000)
@@ -135,7 +137,7 @@ class Alert(BaseModel):
     headline: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=20_000)
     instruction: str | None = Field(None, max_length=4_000, description="requested action")
-    language: str = Field("ru", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    language: str = Field("ru", pattern=langtag.PATTERN, description="a BCP 47 tag (xs:language), kept as sent")
     translations: list[Translation] = Field([], max_length=8, description="the same text in other languages")
     personal_data: PersonalData | None = None
     addressees: list[str] = Field([], description="agency or unit ids named explicitly")
@@ -148,8 +150,8 @@ class Alert(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Alert:
-        if self.effective and self.expires and self.expires <= self.effective:
-            raise ValueError("expires must be later than effective")
+        if self.effective and self.expires and self.expires < self.effective:  # equal is valid CAP
+            raise ValueError("expires must not be earlier than effective")
         if self.msg_type != MsgType.ALERT and not self.references:
             raise ValueError(f"a {self.msg_type} needs references to the alert it concerns")
         if Handling.H3 in self.handling and not self.handling_note:
