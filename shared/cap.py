@@ -166,11 +166,11 @@ def parse_cap(data: bytes) -> CapMessage:
     for triple in references:
         parts = triple.split(",")
         if len(parts) != 3:
-            raise CapError("cap_mapping", f"a reference must be 'sender,identifier,sent', got {triple!r}")
+            raise CapError("cap_invalid_reference", f"a reference must be 'sender,identifier,sent', got {triple!r}")
         try:
             refs.append(cap_alert_id(parts[0], parts[1], datetime.fromisoformat(parts[2])))
         except ValueError:
-            raise CapError("cap_mapping", f"reference {triple!r} has an invalid sent time") from None
+            raise CapError("cap_invalid_reference", f"reference {triple!r} has an invalid sent time") from None
     scope = _text(root, "scope")
     addresses = [a or b for a, b in _ADDRESS.findall(_text(root, "addresses") or "")]
     doc: dict = {

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from lxml import etree
 
 from shared import topics
 from shared.auth import Role
@@ -67,3 +68,19 @@ async def test_a_corpus_message_needs_its_sender_agencys_key(settings, gateways)
     async with aiohttp.ClientSession() as http:
         code, answer = await _submit(http, gateways["live"], other, (DIR / "oasiscap-v1dot2_appendix_adot4.xml").read_bytes())
     assert (code, answer["code"]) == (403, "wrong_sender")
+
+
+async def test_language_query_takes_any_bcp47_tag_and_picks_by_lookup(settings, gateways):
+    key = await make_key(settings, "kg-sbs", Role.SUBMIT)
+    ns = {"c": "urn:oasis:names:tc:emergency:cap:1.2"}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        code, answer = await _submit(http, gateways["live"], key, (DIR / "handwritten-bcp47-languages.xml").read_bytes())
+        assert code == 202
+        picked = {}
+        for wanted in ("zh-Hant-TW", "EN-US", "fil", "ru-RU", "es-419"):
+            async with http.get(f"{gateways['live']}/v1/alerts/{answer['id']}", params={"format": "cap", "language": wanted}) as r:
+                assert r.status == 200, await r.text()
+                picked[wanted] = [i.findtext("c:language", namespaces=ns) for i in etree.fromstring(await r.read()).findall("c:info", ns)]
+        async with http.get(f"{gateways['live']}/v1/alerts/{answer['id']}", params={"format": "cap", "language": "en_US"}) as r:
+            assert (r.status, (await r.json())["code"]) == (422, "invalid_request")
+    assert picked == {"zh-Hant-TW": ["zh-Hant"], "EN-US": ["en-us"], "fil": ["fil"], "ru-RU": ["ru"], "es-419": ["ru"]}

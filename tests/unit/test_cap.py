@@ -266,6 +266,8 @@ def test_expires_before_effective_is_expired_not_a_mapping_error():
     ("<msgType>Cancel</msgType><scope>Public</scope><references> </references>", "cap_no_references"),
     ("<msgType>Alert</msgType><scope>Public</scope>", "cap_no_info"),
     ("<msgType>Update</msgType><scope>Public</scope><references>a,b,2026-05-10T09:30:00+06:00</references>", "cap_no_info"),
+    ("<msgType>Update</msgType><scope>Public</scope><references>a,b</references>" + INFO, "cap_invalid_reference"),
+    ("<msgType>Update</msgType><scope>Public</scope><references>a,b,yesterday</references>" + INFO, "cap_invalid_reference"),
     ("<msgType>Alert</msgType><scope>Public</scope>" + _info(text=f"<description>{'x' * 20_001}</description>"), "cap_too_large"),
     ("<msgType>Alert</msgType><scope>Public</scope>" + _info(text=f"<instruction>{'x' * 4_001}</instruction>"), "cap_too_large"),
 ])
@@ -294,3 +296,57 @@ def test_rendering_one_language_picks_it_by_bcp47_lookup(wanted, rendered):
     root = etree.fromstring(render_cap(_view(alert), sender="blonet", identifier="i", sent=SENT, language=wanted))
     ns = {"c": "urn:oasis:names:tc:emergency:cap:1.2"}
     assert [i.findtext("c:language", namespaces=ns) for i in root.findall("c:info", ns)] == rendered
+
+
+CODES_FOR_VALID_CAP = {"cap_no_references", "cap_no_info", "cap_invalid_reference", "cap_too_large", "expired"}
+cap_time = st.sampled_from([SENT, SENT.astimezone(timezone.utc), SENT + timedelta(hours=1)]) | st.datetimes(  # equal times often
+    min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1),
+    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=6)), timezone(timedelta(hours=-5))]))
+language_tag = st.from_regex(r"[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8}){0,3}", fullmatch=True)
+plain = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=300).map(str.strip).filter(bool)
+
+
+@st.composite
+def standard_cap(draw) -> tuple[bytes, dict]:
+    """A schema-valid CAP 1.2 message using only what the standard defines (no blonet: entries)."""
+    from xml.sax.saxutils import escape
+    msg_type = draw(st.sampled_from(["Alert", "Update", "Cancel"]))
+    refs = draw(st.lists(st.builds(lambda i, t: f"kg-sbs@sbs.gov.kg,ID-{i},{format_time(t)}", st.integers(0, 99), cap_time), max_size=2))
+    infos, facts = [], {"refs": refs, "msg_type": msg_type, "windows": []}
+    for _ in range(draw(st.integers(0, 3))):
+        times = {name: draw(st.none() | cap_time) for name in ("effective", "onset", "expires")}
+        facts["windows"].append(times)
+        info = [f"<language>{draw(language_tag)}</language>" if draw(st.booleans()) else "",
+                f"<category>{draw(st.sampled_from(['Geo', 'Met', 'Safety', 'Security', 'Other']))}</category>",
+                f"<event>{escape(draw(plain))}</event>",
+                f"<urgency>{draw(st.sampled_from(['Immediate', 'Expected', 'Future', 'Past', 'Unknown']))}</urgency>",
+                f"<severity>{draw(st.sampled_from(['Extreme', 'Severe', 'Moderate', 'Minor', 'Unknown']))}</severity>",
+                f"<certainty>{draw(st.sampled_from(['Observed', 'Likely', 'Possible', 'Unlikely', 'Unknown']))}</certainty>",
+                *(f"<{n}>{format_time(t)}</{n}>" for n, t in times.items() if t is not None),
+                f"<headline>{escape(draw(plain))}</headline>" if draw(st.booleans()) else ""]
+        infos.append("<info>" + "".join(info) + "</info>")
+    body = (f"<msgType>{msg_type}</msgType><scope>Public</scope>"
+            + (f"<references>{' '.join(refs)}</references>" if refs else "") + "".join(infos))
+    return cap(body), facts
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(standard_cap())
+def test_standard_cap_is_accepted_or_refused_for_a_reason_the_standard_gives(message):
+    data, facts = message
+    _valid(data)
+    try:
+        alert = parse_cap(data).alert
+    except CapError as err:
+        assert err.code in CODES_FOR_VALID_CAP, str(err)
+        if err.code == "cap_no_references":
+            assert facts["msg_type"] != "Alert" and not facts["refs"]
+        elif err.code == "cap_no_info":
+            assert facts["msg_type"] != "Cancel" and not facts["windows"]
+        elif err.code == "expired":
+            w = facts["windows"][0]
+            assert w["effective"] and w["expires"] and w["expires"] < w["effective"]
+        else:
+            raise
+        return
+    assert alert.headline and len(alert.headline) <= 200 and len(alert.translations) == max(0, len(facts["windows"]) - 1)
