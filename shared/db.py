@@ -45,8 +45,21 @@ def service_url(settings: Settings, role: str) -> URL:
     )
 
 
+POOL_RECYCLE_SECONDS = 300
+
+
 def make_engine(settings: Settings, role: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(service_url(settings, role), pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    """Return a service's engine.
+
+    No pre-ping (it costs round trips on every checkout): connections are recycled after
+    POOL_RECYCLE_SECONDS, and a disconnect error invalidates the pool so the next checkout
+    reconnects; the consumer retries the batch (shared/kafka.py). `hide_parameters` keeps bound
+    values (alert text) out of every exception message and so out of every log line.
+    `synchronous_commit` stays at the server default (on): a commit is on disk before the
+    consumer moves its offsets (docs/architecture.md).
+    """
+    return create_async_engine(service_url(settings, role), pool_size=pool_size, max_overflow=10,
+                               pool_recycle=POOL_RECYCLE_SECONDS, hide_parameters=True)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

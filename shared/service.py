@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from shared import db, tracing
 from shared.kafka import EventConsumer, make_producer
+from shared.topics import deadletter_topic
 from shared.observability import configure_logging, install
 from shared.settings import Settings, get_settings
 
@@ -39,11 +40,17 @@ class Runtime:
         self.stopping = asyncio.Event()
 
     def consume(self, group: str, topics: list[str], handler, **kwargs) -> None:
-        """Run `handler` on batches of `topics` as a member of consumer group `group` (both prefixed)."""
+        """Run `handler` on batches of `topics` as a member of consumer group `group` (both prefixed).
+
+        A record the handler keeps failing on while the database and Kafka answer their probes
+        goes to `<service>.deadletter`; a failure the probes share is an outage, retried.
+        """
         topic_names = [self.settings.topic(t) for t in topics]
-        self.consumers.append(
-            EventConsumer(self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler, **kwargs)
-        )
+        self.consumers.append(EventConsumer(
+            self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler,
+            deadletter_topic=self.settings.topic(deadletter_topic(self.name).name),
+            probes=(self._check_db, self._check_kafka), **kwargs,
+        ))
 
     async def _check_db(self) -> None:
         async with self.engine.connect() as conn:
@@ -58,6 +65,8 @@ class Runtime:
         await db.migrate(self.settings, self.name)
         self.producer = make_producer(self.settings, self.producer_timeout_ms)
         await self.producer.start()
+        for consumer in self.consumers:
+            consumer.producer = self.producer
         for step in self.before_consuming:
             await step()
         self._tasks = [asyncio.create_task(c.run(), name=f"consumer:{c.group}") for c in self.consumers]
