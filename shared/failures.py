@@ -61,9 +61,9 @@ def transient(exc: BaseException) -> bool:
 def error_class(exc: BaseException) -> str:
     """The most telling class name: the driver's (e.g. asyncpg's UntranslatableCharacterError) if wrapped."""
     if isinstance(exc, DBAPIError):
-        inner = [e for e in _chain(exc) if not isinstance(e, DBAPIError) and e is not exc.orig]
-        if inner:
-            return type(inner[0]).__name__
+        inner = [e for e in _chain(exc) if not isinstance(e, DBAPIError)]
+        if inner:  # the deepest: SQLAlchemy's adapter error wraps the driver's own
+            return type(inner[-1]).__name__
     return type(exc).__name__
 
 
@@ -71,7 +71,7 @@ def describe(exc: BaseException) -> str:
     """Say what went wrong in words that quote no input: field paths, codes, positions."""
     if isinstance(exc, ValidationError):
         text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors(include_url=False)[:5])
-    elif isinstance(exc, DBAPIError):
+    elif isinstance(exc, DBAPIError) or sqlstate(exc):  # SQLAlchemy's or the driver's own (COPY)
         text = f"{error_class(exc)} (SQLSTATE {sqlstate(exc) or 'none'})"  # the message may quote the value
     elif isinstance(exc, UnicodeError):
         text = f"{getattr(exc, 'encoding', '')} {getattr(exc, 'reason', '')} at byte {getattr(exc, 'start', '?')}".strip()

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -107,7 +108,9 @@ class EventConsumer:
       with a growing pause, forever; nothing is dead-lettered;
     - otherwise the records are halved and each half handled again, until the failing record is
       alone; tried once more, it goes to `deadletter_topic` with its group, source coordinates
-      and error (headers), and its offset moves on like the others'.
+      and error (headers), and its offset moves on like the others'. The halves run inside one
+      `transaction()` (the service's: each handler session is then a savepoint of it), so the
+      poll's good records still commit together, once.
     Without a dead-letter topic every failure is retried, as an outage.
     """
 
@@ -115,12 +118,13 @@ class EventConsumer:
         self, settings: Settings, *, group: str, topics: Sequence[str], handler: Handler,
         max_records: int = 200, fetch_max_wait_ms: int | None = None,
         deadletter_topic: str | None = None, probes: Sequence[Probe] = (),
+        transaction: Callable[[], AbstractAsyncContextManager] = nullcontext,
     ) -> None:
         self.settings, self.group, self.topics, self.handler = settings, group, list(topics), handler
         self.max_records = max_records
         # Short waits keep the delivery path fast; consumers off it can poll far less often.
         self.fetch_max_wait_ms = fetch_max_wait_ms or settings.fetch_max_wait_ms
-        self.deadletter_topic, self.probes = deadletter_topic, list(probes)
+        self.deadletter_topic, self.probes, self.transaction = deadletter_topic, list(probes), transaction
         self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
@@ -199,32 +203,51 @@ class EventConsumer:
         # One CONSUMER span per record, child of its producer's; events the handler wraps with a
         # record's envelope as their cause become children of that record's span.
         with tracing.consuming(self.group, records) as spans:
-            await self._settle(records, spans)
+            if await self._outlasting(lambda: self._call(records, spans), "handler", spans) is None:
+                return
+            poison: list[tuple[ConsumerRecord, Exception]] = []
 
-    async def _settle(self, records: list[ConsumerRecord], spans: tracing.Batch) -> None:
-        exc = await self._attempt(records, spans)
-        if exc is None:
-            return
-        if len(records) > 1:  # bisect: every half without the poison record succeeds in one go
-            half = len(records) // 2
-            await self._settle(records[:half], spans)
-            await self._settle(records[half:], spans)
-            return
-        await self._pause(CONFIRM_SECONDS)  # one more try, in case the probes missed a blip
-        exc = await self._attempt(records, spans)
-        if exc is not None:
-            await self._dead_letter(records[0], exc, spans)
+            async def isolate() -> None:
+                nonlocal poison
+                async with self.transaction():  # the tries are savepoints: the good records commit once
+                    poison = await self._bisect(records, spans)
 
-    async def _attempt(self, records: list[ConsumerRecord], spans: tracing.Batch) -> Exception | None:
-        """Run the handler on `records`, waiting out outages; return the failure that is not one, or None."""
-        async def call() -> None:
-            if len(records) == 1:
-                with spans.current(records[0]):
-                    await self.handler(records)
-            else:
+            failed = await self._outlasting(isolate, "isolating a poison record", spans)
+            if failed is not None:  # the outer commit failed for another reason than an outage: unexpected
+                raise failed
+            for record, exc in poison:
+                await self._dead_letter(record, exc, spans)
+
+    async def _call(self, records: list[ConsumerRecord], spans: tracing.Batch) -> None:
+        if len(records) == 1:
+            with spans.current(records[0]):
                 await self.handler(records)
+        else:
+            await self.handler(records)
 
-        return await self._outlasting(call, "handler", spans)
+    async def _bisect(self, records: list[ConsumerRecord], spans: tracing.Batch) -> list[tuple[ConsumerRecord, Exception]]:
+        """Handle `records` half by half down to the failing ones; return them with their errors.
+
+        An outage meanwhile raises: the whole isolation is rolled back and tried again later.
+        """
+        exc = await self._try(records, spans)
+        if exc is None:
+            return []
+        if len(records) > 1:
+            half = len(records) // 2
+            return await self._bisect(records[:half], spans) + await self._bisect(records[half:], spans)
+        await self._pause(CONFIRM_SECONDS)  # one more try, in case the probes missed a blip
+        exc = await self._try(records, spans)
+        return [] if exc is None else [(records[0], exc)]
+
+    async def _try(self, records: list[ConsumerRecord], spans: tracing.Batch) -> Exception | None:
+        try:
+            await self._call(records, spans)
+            return None
+        except Exception as exc:  # noqa: BLE001 - classified here
+            if await self._outage(exc):
+                raise
+            return exc
 
     async def _outlasting(self, operation: Callable[[], Awaitable[None]], what: str,
                           spans: tracing.Batch = tracing.OFF) -> Exception | None:

@@ -49,7 +49,7 @@ class Runtime:
         self.consumers.append(EventConsumer(
             self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler,
             deadletter_topic=self.settings.topic(deadletter_topic(self.name).name),
-            probes=(self._check_db, self._check_kafka), **kwargs,
+            probes=(self._check_db, self._check_kafka), transaction=lambda: db.one_transaction(self.engine), **kwargs,
         ))
 
     async def _check_db(self) -> None:
