@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from shared import db, tracing
+from shared import db, failures, tracing
 from shared.kafka import EventConsumer, make_producer
 from shared.topics import deadletter_topic
 from shared.observability import configure_logging, install
@@ -70,10 +70,28 @@ class Runtime:
         for step in self.before_consuming:
             await step()
         self._tasks = [asyncio.create_task(c.run(), name=f"consumer:{c.group}") for c in self.consumers]
-        self._tasks += [asyncio.create_task(w(), name=f"worker:{getattr(w, '__name__', 'worker')}") for w in self.workers]
+        self._tasks += [asyncio.create_task(self._supervised(w), name=f"worker:{getattr(w, '__name__', 'worker')}")
+                        for w in self.workers]
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
         log.info("service started", extra={"port": self.port})
+
+    async def _supervised(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a background worker; one that fails because the database or Kafka is away (a restart,
+        a dropped connection: pools no longer pre-ping) is started again after a pause. Any other
+        failure stops the service (`_on_task_done`)."""
+        pause = 0.5
+        while True:
+            try:
+                return await work()
+            except Exception as exc:
+                if self.stopping.is_set() or not failures.transient(exc):
+                    raise
+                log.warning("background worker failed during an outage; restarting it", extra={
+                    "worker": getattr(work, "__name__", "worker"), "error_class": failures.error_class(exc),
+                    "error": failures.describe(exc), "retry_in_s": pause})
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def _on_task_done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() and not self.stopping.is_set():

@@ -18,7 +18,7 @@ class Topic:
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
     purpose: str
-    config: dict[str, str] = field(default_factory=dict)  # topic-level broker settings
+    config: dict[str, str] = field(default_factory=dict, hash=False)  # topic-level broker settings
 
 
 ALERTS_SUBMITTED = Topic(

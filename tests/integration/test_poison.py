@@ -9,7 +9,8 @@ import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import func, select
 
 from demo.scenario import SCENARIO
@@ -66,7 +67,7 @@ async def max_message_bytes(settings: Settings, name: str) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, ["max.message.bytes"])])
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})])
         (resource,) = response.resources
         return int(next(c[1] for c in resource[4] if c[0] == "max.message.bytes"))
     finally:
