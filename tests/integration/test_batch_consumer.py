@@ -20,6 +20,7 @@ from shared.kafka import deadletter_of, envelope_headers, make_producer
 from shared.service import Runtime
 from shared.settings import Settings
 from tests.conftest import APP_ENV, port
+from tests.integration.conftest import read_topic
 from tests.integration.test_audit_log import drop_database, own_database
 
 pytestmark = pytest.mark.stack
@@ -85,21 +86,8 @@ async def one_poll(settings: Settings, envelopes: dict[int, list[Envelope]]) -> 
 
 
 async def deadletters(settings: Settings, service: str) -> list:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        name = settings.topic(topics.deadletter_topic(service).name)
-        parts = [TopicPartition(name, p) for p in range(topics.deadletter_topic(service).partitions)]
-        consumer.assign(parts)
-        ends = await consumer.end_offsets(parts)
-        found = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for part in (await consumer.getmany(timeout_ms=500)).values():
-                found += part
-        return found
-    finally:
-        await consumer.stop()
+    t = topics.deadletter_topic(service)
+    return await read_topic(settings, settings.topic(t.name), t.partitions)
 
 
 HANDLERS = {"audit": Recorder, "gateway": StatusView}

@@ -18,8 +18,7 @@ from shared.ids import new_id
 from shared.kafka import make_producer, send
 from shared.settings import REPO, Settings
 from tests.conftest import APP_ENV, port
-from tests.integration.conftest import in_session, network_dir, start_service, wait_ready
-from tests.integration.test_poison import read_all
+from tests.integration.conftest import in_session, network_dir, read_topic, start_service, wait_ready
 
 pytestmark = pytest.mark.stack
 # A PostgreSQL of its own (Kafka is the shared one), so restarting it disturbs no other test.
@@ -87,7 +86,7 @@ async def test_a_database_restart_mid_batch_dead_letters_nothing_and_loses_nothi
             await asyncio.sleep(0.2)
         assert set(ids) <= got, f"{len(set(ids) - got)} of {len(ids)} alerts never delivered after the restart"
         for t in topics.SERVICE_DEADLETTERS:
-            letters = await read_all(s, s.topic(t.name), t.partitions)
+            letters = await read_topic(s, s.topic(t.name), t.partitions)
             assert letters == [], f"{t.name} holds {len(letters)} records: an outage was taken for poison"
         logs = {name: proc.log.read_text(errors="replace") for name, proc in procs.items()}
         assert any("failed during an outage; retrying" in log for log in logs.values()), "the outage was never met"

@@ -8,7 +8,6 @@ from uuid import UUID
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import func, select
@@ -23,9 +22,9 @@ from shared.events import (
     Envelope, OperatorAction, Payload, Recipient, ViewProfile,
 )
 from shared.ids import new_id
-from shared.kafka import DEADLETTER_MAX_BYTES, deadletter_of, make_producer
+from shared.kafka import deadletter_of, make_producer
 from shared.settings import Settings
-from tests.integration.conftest import in_session, make_key
+from tests.integration.conftest import in_session, make_key, read_topic
 from tests.unit.test_cap import ALERT, cap
 
 pytestmark = pytest.mark.stack
@@ -87,28 +86,11 @@ async def bad_records(settings: Settings, topic: topics.Topic) -> dict[str, byte
     }
 
 
-async def read_all(settings: Settings, name: str, partitions: int) -> list:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * DEADLETTER_MAX_BYTES)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(name, p) for p in range(partitions)]
-        consumer.assign(parts)
-        ends = await consumer.end_offsets(parts)
-        found = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for part in (await consumer.getmany(timeout_ms=500)).values():
-                found += part
-        return found
-    finally:
-        await consumer.stop()
-
-
 async def deadlettered(settings: Settings) -> set[tuple[str, str, int, int]]:
     """Every (group, topic, partition, offset) on the services' dead-letter topics."""
     found = set()
     for t in topics.SERVICE_DEADLETTERS:
-        for record in await read_all(settings, settings.topic(t.name), t.partitions):
+        for record in await read_topic(settings, settings.topic(t.name), t.partitions):
             facts = deadletter_of(record)
             found.add((facts["group"], facts["topic"], int(facts["partition"]), int(facts["offset"])))
     return found
@@ -212,7 +194,7 @@ async def test_control_characters_are_refused_at_the_edge_naming_the_field_and_c
     async def offsets() -> dict:
         found = {}
         for t in (topics.ALERTS_SUBMITTED, topics.ALERTS_ACKNOWLEDGED):
-            records = await read_all(settings, settings.topic(t.name), t.partitions)
+            records = await read_topic(settings, settings.topic(t.name), t.partitions)
             found[t.name] = len(records)
         return found
 
