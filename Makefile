@@ -11,7 +11,13 @@ export BLONET_TEST_PG_PORT ?= 15433
 TEST_STACK := BLONET_STACK_DIR=$(CURDIR)/var/test-stack BLONET_KAFKA_PORT=$(BLONET_TEST_KAFKA_PORT) \
 	BLONET_KAFKA_CONTROLLER_PORT=$(BLONET_TEST_CONTROLLER_PORT) BLONET_PG_PORT=$(BLONET_TEST_PG_PORT)
 
-.PHONY: install run test stop bench check-compose
+.PHONY: install setup-run setup-test run test stop bench check-compose
+
+setup-run:  ## the Debian packages `make run` needs (installed as root, else named with the command)
+	@deploy/setup.sh run
+
+setup-test:  ## those and the ones the tests need
+	@deploy/setup.sh test
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 not found (need Python 3.11)"; exit 1; }
@@ -22,16 +28,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install  ## start Kafka, PostgreSQL, the four services and the demo; Ctrl-C stops it all
+run: setup-run install  ## start Kafka, PostgreSQL, the four services and the demo; Ctrl-C stops it all
 	@deploy/run.sh
 
-test: install  ## start the test stack and run every test
-	$(TEST_STACK) deploy/stack.sh start
-	$(TEST_STACK) $(BIN)/pytest $(PYTEST_ARGS)
+test: setup-test install  ## run every test on the test stack; stops the stack it started (KEEP_STACK=1 keeps it)
+	@$(TEST_STACK) KEEP_STACK=$(KEEP_STACK) deploy/test.sh $(PYTEST_ARGS)
 
 stop:  ## stop anything `make run` or `make test` left running
 	-deploy/stack.sh stop
 	-$(TEST_STACK) deploy/stack.sh stop
 
-bench: install  ## the throughput/latency benchmark against a running `make run` stack
+bench: setup-run install  ## the throughput/latency benchmark against a running `make run` stack
 	$(BIN)/python -m bench.pipeline

@@ -1,12 +1,21 @@
-"""The floor: BLOnet's hops with no logic, built from the same parts and settings.
+"""The floors: BLOnet's hops with no logic, built from the same parts and settings.
 
-  server: FastAPI on uvicorn (like the gateway) produces each POST body to Kafka with
-          shared.kafka.make_producer and answers 202 once the broker acked it;
-  relay:  shared.kafka.EventConsumer (same fetch_max_wait_ms, manual commit after the
-          handler) POSTs every record with aiohttp to the receiver, then commits.
+The fair floor has BLOnet's shape: one alert in, one record per recipient endpoint, each POSTed
+and followed by a status record, and a consumer reading every topic (as audit does):
+  server:  FastAPI on uvicorn (like the gateway) produces each POST body to the submitted topic
+           with shared.kafka.make_producer and answers 202 once the broker acked it;
+  fanout:  (like routing) consumes submitted, produces one record per endpoint (keyed by the
+           endpoint, as deliveries.requested is), commits after the acks;
+  deliver: (like the notifier) consumes those, POSTs each to the receiver, one endpoint's in
+           order and endpoints side by side, produces one status record per delivery, commits
+           after the acks;
+  sink:    (like audit) consumes every floor topic and parses each record.
+The one-POST floor, kept as a second reference line:
+  relay:   consumes submitted and POSTs each record once to the receiver.
 
-Run as `python -m bench.floor server|relay`; settings come from BLONET_* like a service,
-plus BENCH_FLOOR_TOPIC (unprefixed name) and BENCH_RECEIVER_URL.
+Run as `python -m bench.floor server|fanout|deliver|sink|relay`; settings come from BLONET_* like a
+service, plus BENCH_FLOOR_TOPIC (unprefixed name of the submitted topic), BENCH_RECEIVER_URL and,
+for fanout, BENCH_FLOOR_ENDPOINTS (comma-separated endpoint ids).
 """
 from __future__ import annotations
 
@@ -14,9 +23,11 @@ import asyncio
 import os
 import signal
 import sys
+from collections import defaultdict
 from contextlib import asynccontextmanager
 
 import aiohttp
+import orjson
 import uvicorn
 import uvloop
 from fastapi import FastAPI, Request, Response
@@ -25,6 +36,7 @@ from shared.kafka import EventConsumer, make_producer
 from shared.settings import get_settings
 
 TOPIC = os.environ.get("BENCH_FLOOR_TOPIC", "floor")
+REQUESTED, STATUS = f"{TOPIC}-requested", f"{TOPIC}-status"  # the floor's deliveries.requested and .status
 
 
 def server() -> None:
@@ -54,29 +66,92 @@ def server() -> None:
     uvicorn.run(app, host="127.0.0.1", port=int(os.environ["BENCH_FLOOR_PORT"]), log_config=None, access_log=False)
 
 
+async def consume(settings, name: str, topics: list[str], handle) -> None:
+    """Run one EventConsumer (BLOnet's, unchanged) until SIGTERM or SIGINT."""
+    consumer = EventConsumer(settings, group=settings.topic(f"floor-{name}"), topics=[settings.topic(t) for t in topics],
+                             handler=handle)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, consumer.stop)
+    await consumer.run()
+
+
+def receiver_session(settings) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds))
+
+
+async def post(http: aiohttp.ClientSession, url: str, value: bytes) -> None:
+    async with http.post(url, data=value, headers={"content-type": "application/json"}) as r:
+        await r.read()
+        r.raise_for_status()  # a failure makes EventConsumer retry the batch, like a real handler
+
+
 async def relay() -> None:
     settings = get_settings()
     url = os.environ["BENCH_RECEIVER_URL"]
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)) as http:
-
-        async def post(value: bytes) -> None:
-            async with http.post(url, data=value, headers={"content-type": "application/json"}) as r:
-                await r.read()
-                r.raise_for_status()  # a failure makes EventConsumer retry the batch, like a real handler
-
+    async with receiver_session(settings) as http:
         async def handle(records) -> None:
-            await asyncio.gather(*(post(r.value) for r in records))
+            await asyncio.gather(*(post(http, url, r.value) for r in records))
 
-        consumer = EventConsumer(settings, group=settings.topic("floor-relay"), topics=[settings.topic(TOPIC)], handler=handle)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, consumer.stop)
-        await consumer.run()
+        await consume(settings, "relay", [TOPIC], handle)
 
+
+async def fanout() -> None:
+    settings = get_settings()
+    endpoints = [e.encode() for e in os.environ["BENCH_FLOOR_ENDPOINTS"].split(",")]
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        async def handle(records) -> None:
+            acks = [await producer.send(settings.topic(REQUESTED), value=r.value, key=e) for r in records for e in endpoints]
+            await asyncio.gather(*acks)
+
+        await consume(settings, "fanout", [TOPIC], handle)
+    finally:
+        await producer.stop()
+
+
+async def deliver() -> None:
+    settings = get_settings()
+    url = os.environ["BENCH_RECEIVER_URL"]
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        async with receiver_session(settings) as http:
+            async def endpoint_queue(endpoint: bytes, records) -> list:
+                acks = []
+                for r in records:  # one endpoint's deliveries in order, as BLOnet's are by default
+                    await post(http, f"{url}/{endpoint.decode()}", r.value)
+                    acks.append(await producer.send(settings.topic(STATUS), value=b'{"state":"delivered"}', key=endpoint))
+                return acks
+
+            async def handle(records) -> None:
+                by_endpoint = defaultdict(list)
+                for r in records:
+                    by_endpoint[r.key].append(r)
+                done = await asyncio.gather(*(endpoint_queue(e, rs) for e, rs in by_endpoint.items()))
+                await asyncio.gather(*(ack for acks in done for ack in acks))
+
+            await consume(settings, "deliver", [REQUESTED], handle)
+    finally:
+        await producer.stop()
+
+
+async def sink() -> None:
+    settings = get_settings()
+
+    async def handle(records) -> None:
+        for r in records:
+            orjson.loads(r.value)
+
+    await consume(settings, "sink", [TOPIC, REQUESTED, STATUS], handle)
+
+
+CONSUMERS = {"relay": relay, "fanout": fanout, "deliver": deliver, "sink": sink}
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["server"]:
         server()
-    elif sys.argv[1:] == ["relay"]:
-        uvloop.run(relay())  # services run their consumers inside uvicorn's uvloop loop too
+    elif len(sys.argv) == 2 and sys.argv[1] in CONSUMERS:
+        uvloop.run(CONSUMERS[sys.argv[1]]())  # services run their consumers inside uvicorn's uvloop loop too
     else:
-        sys.exit("usage: python -m bench.floor server|relay")
+        sys.exit(f"usage: python -m bench.floor server|{'|'.join(CONSUMERS)}")

@@ -20,6 +20,7 @@ class Receiver:
         self.seen: dict[str, dict[int, list]] = {}  # tag -> seq -> [first arrival, last arrival, count]
         self.counts: dict[str, int] = {}  # tag -> deliveries, cheap to poll while draining
         self.unmarked = 0
+        self.ids: dict[str, dict[tuple[int, str], set]] = {}  # tag -> (seq, endpoint) -> webhook-ids seen
 
     async def deliver(self, request: web.Request) -> web.Response:
         now = time.time()  # wall clock: the generator stamps send times in another process
@@ -38,6 +39,8 @@ class Receiver:
             rec[1] = now
             rec[2] += 1
         self.counts[tag] = self.counts.get(tag, 0) + 1
+        if webhook_id := request.headers.get("webhook-id"):
+            self.ids.setdefault(tag, {}).setdefault((seq, request.match_info.get("endpoint", "")), set()).add(webhook_id)
         return web.Response(status=200)
 
     async def sink(self, _: web.Request) -> web.Response:
@@ -53,11 +56,17 @@ class Receiver:
         return web.Response(body=orjson.dumps({str(k): v for k, v in self.seen.pop(tag, {}).items()}),
                             content_type="application/json")
 
+    async def split_ids(self, request: web.Request) -> web.Response:
+        """How many (alert, endpoint) deliveries of a tag arrived under more than one webhook-id; then forgotten."""
+        ids = self.ids.pop(request.query["tag"], {})
+        return web.json_response({"deliveries": len(ids), "split": sum(len(v) > 1 for v in ids.values())})
+
     def app(self) -> web.Application:
         app = web.Application()
         app.add_routes([
-            web.post("/sink", self.sink), web.post("/floor", self.deliver), web.post("/inbox/{endpoint}", self.deliver),
-            web.get("/count", self.count), web.get("/collect", self.collect),
+            web.post("/sink", self.sink), web.post("/floor", self.deliver), web.post("/floor/{endpoint}", self.deliver),
+            web.post("/inbox/{endpoint}", self.deliver),
+            web.get("/count", self.count), web.get("/collect", self.collect), web.get("/ids", self.split_ids),
         ])
         return app
 

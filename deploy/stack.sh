@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# Local native stack for BLOnet: single-node Kafka (KRaft) + a private PostgreSQL.
+# Local native stack for BLOnet: Kafka (KRaft, one node or a 3-node cluster) + a private PostgreSQL.
 # No Docker. Several stacks can run side by side: everything an instance owns lives
 # under BLONET_STACK_DIR, and every port comes from the environment.
 #
-# Usage: deploy/stack.sh {start|stop|status} [kafka|postgres|all]
+# Usage: deploy/stack.sh {start|stop|status|bootstrap} [--brokers 1|3] [kafka|postgres|all]
+#   --brokers 3                    a 3-node Kafka cluster (also BLONET_KAFKA_BROKERS); a stack keeps
+#                                  the size it was first started with
 #   BLONET_STACK_DIR               data, logs, pid files   (default <repo>/var/stack)
 #   BLONET_CACHE_DIR               Kafka jars, shared      (default <repo>/var/cache)
-#   BLONET_KAFKA_PORT              broker, 127.0.0.1       (default 9092)
-#   BLONET_KAFKA_CONTROLLER_PORT   KRaft controller        (default 9093)
+#   BLONET_KAFKA_PORT              broker, 127.0.0.1       (default 9092; node i: +2(i-1))
+#   BLONET_KAFKA_CONTROLLER_PORT   KRaft controller        (default 9093; node i: +2(i-1))
 #   BLONET_PG_PORT                 PostgreSQL, 127.0.0.1   (default 5433)
-# status exits 0 if every requested component is running, 3 otherwise.
+# status exits 0 if every requested component is running, 3 otherwise; bootstrap prints the
+# brokers' addresses for BLONET_KAFKA_BOOTSTRAP.
 set -euo pipefail
+
+args=()
+BROKERS=${BLONET_KAFKA_BROKERS:-}
+while (( $# )); do
+  case $1 in
+    --brokers) BROKERS=${2:-}; shift 2 || { echo "stack: --brokers needs a number" >&2; exit 1; } ;;
+    --brokers=*) BROKERS=${1#*=}; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+set -- "${args[@]+"${args[@]}"}"
 
 DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$DEPLOY_DIR")
@@ -30,12 +44,8 @@ STACK_DIR=$(realpath -m "$STACK_DIR")
 CACHE_DIR=$(realpath -m "$CACHE_DIR")
 
 KDIR=$STACK_DIR/kafka
-KPID=$KDIR/kafka.pid
 KLIBS=$CACHE_DIR/kafka-libs
-PGBASE=$STACK_DIR/postgres
-PGDATA=$PGBASE/data
-PGLOG=$PGBASE/postgres.log
-START_TIMEOUT=60
+START_TIMEOUT=${BLONET_START_TIMEOUT:-120}  # seconds; a loaded 2-core box can take a minute
 
 # die REASON [LOG...]: one-line reason, then the tail of each given log.
 die() {
@@ -53,17 +63,39 @@ die() {
 port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 # ---------------------------------------------------------------- kafka
+#
+# One broker by default, or a cluster of BROKERS combined broker+controller nodes (`--brokers 3`):
+# node i listens on KPORT+2(i-1) and its controller on CPORT+2(i-1) (9092/9093, 9094/9095,
+# 9096/9097 by default), keeps its data in kafka (node 1) or kafka-i, and the cluster's internal
+# topics get three replicas with two in sync. A stack keeps the size it was formatted with.
 
-# Is $1 our broker? Checking the command line (not just kill -0) guards against
-# recycled pids and zombies, and against another stack's broker.
-is_our_kafka() {
-  [[ $1 =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' 2>/dev/null </proc/"$1"/cmdline | grep -qF "kafka.Kafka $KDIR/server.properties"
+node_dir() { if (( $1 == 1 )); then echo "$STACK_DIR/kafka"; else echo "$STACK_DIR/kafka-$1"; fi; }
+node_port() { echo $((KPORT + 2 * ($1 - 1))); }
+node_cport() { echo $((CPORT + 2 * ($1 - 1))); }
+
+# The cluster size: as formatted (remembered in kafka/brokers), else as asked, else 1.
+stack_brokers() {
+  local f=$STACK_DIR/kafka/brokers
+  if [[ -f $f ]]; then cat "$f"; else echo "${BROKERS:-1}"; fi
 }
 
-kafka_pid() {  # prints the pid of our running broker, fails if there is none
-  local pid
-  [[ -f $KPID ]] && pid=$(<"$KPID") && is_our_kafka "$pid" && echo "$pid"
+# Is $2 node $1's broker? Checking the command line (not just kill -0) guards against
+# recycled pids and zombies, and against another stack's broker.
+is_our_kafka() {
+  [[ $2 =~ ^[0-9]+$ ]] || return 1
+  tr '\0' ' ' 2>/dev/null </proc/"$2"/cmdline | grep -qF "kafka.Kafka $(node_dir "$1")/server.properties"
+}
+
+kafka_pid() {  # kafka_pid NODE: prints the pid of that running broker, fails if there is none
+  local pid f
+  f=$(node_dir "$1")/kafka.pid
+  [[ -f $f ]] && pid=$(<"$f") && is_our_kafka "$1" "$pid" && echo "$pid"
+}
+
+any_kafka_running() {
+  local i
+  for ((i = 1; i <= $(stack_brokers); i++)); do kafka_pid "$i" >/dev/null && return 0; done
+  return 1
 }
 
 check_java() {
@@ -103,25 +135,37 @@ ensure_kafka_libs() {
   exec 9>&-  # don't leak the lock into the broker
 }
 
-write_kafka_config() {
+write_kafka_config() {  # write_kafka_config NODE BROKERS
+  local i=$1 n=$2 dir quorum j replicas=1 isr=1
+  dir=$(node_dir "$i")
+  # One node: a dynamic quorum of itself (formatted --standalone). A cluster: static voters.
+  quorum=controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
+  if (( n > 1 )); then
+    local voters=()
+    for ((j = 1; j <= n; j++)); do voters+=("$j@127.0.0.1:$(node_cport "$j")"); done
+    quorum=controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
+    replicas=3 isr=2
+  fi
   # Rewritten on every start so port changes take effect; the data dir is kept.
-  cat >"$KDIR/server.properties" <<EOF
+  cat >"$dir/server.properties" <<EOF
 # Generated by deploy/stack.sh on every start; edits are lost.
 process.roles=broker,controller
-node.id=1
-listeners=PLAINTEXT://127.0.0.1:$KPORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KPORT
+node.id=$i
+listeners=PLAINTEXT://127.0.0.1:$(node_port "$i"),CONTROLLER://127.0.0.1:$(node_cport "$i")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(node_port "$i")
 controller.listener.names=CONTROLLER
-controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
+$quorum
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
-log.dirs=$KDIR/data
-# Single node: every internal topic has one replica.
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+log.dirs=$dir/data
+# Internal topics: one replica on a single node, three (two in sync) on a cluster.
+offsets.topic.replication.factor=$replicas
+transaction.state.log.replication.factor=$replicas
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$replicas
+share.coordinator.state.topic.min.isr=$isr
+default.replication.factor=$replicas
+min.insync.replicas=$isr
 # Fewer internal partitions than the default 50: the first consumer group and the
 # first transaction come up much faster on a 2-core dev box.
 offsets.topic.num.partitions=6
@@ -144,99 +188,141 @@ new_cluster_id() {
   echo "$id"
 }
 
+# Up = the port accepts connections AND KafkaRaftServer logged "Kafka Server started" (logged
+# after the broker has caught up with metadata and is unfenced) after byte $2 of its log.
+wait_kafka() {  # wait_kafka NODE LOG_OFFSET
+  local i=$1 off=$2 dir port pid size t
+  dir=$(node_dir "$i") port=$(node_port "$i")
+  for ((t = 0; t < START_TIMEOUT * 4; t++)); do
+    pid=$(cat "$dir/kafka.pid" 2>/dev/null || true)
+    if [[ -n $pid ]] && ! is_our_kafka "$i" "$pid"; then
+      rm -f "$dir/kafka.pid"
+      kafka_stop >/dev/null
+      die "kafka: broker $i exited during startup" "$dir/server.log" "$dir/console.log"
+    fi
+    size=$(stat -c %s "$dir/server.log" 2>/dev/null || echo 0)
+    (( size < off )) && off=0  # log rolled over meanwhile
+    if port_open "$port" && tail -c +$((off + 1)) "$dir/server.log" 2>/dev/null | grep 'Kafka Server started' >/dev/null; then  # no -q: an early exit would SIGPIPE tail, which pipefail counts
+      return 0
+    fi
+    sleep 0.25
+  done
+  kafka_stop >/dev/null
+  die "kafka: broker $i not ready after ${START_TIMEOUT}s, stopped the stack's brokers" "$dir/server.log" "$dir/console.log"
+}
+
 kafka_start() {
-  local pid i p
-  if pid=$(kafka_pid); then
-    # Ours and alive; it may still be starting (e.g. a concurrent start).
-    for ((i = 0; i < START_TIMEOUT * 2; i++)); do
-      port_open "$KPORT" && { echo "kafka: already running on 127.0.0.1:$KPORT (pid $pid)"; return 0; }
-      sleep 0.5
-    done
-    die "kafka: pid $pid is alive but 127.0.0.1:$KPORT does not answer (see $KDIR/server.log)"
+  local n i pid p dir id t0=$SECONDS heap=1g started=() offs=()
+  n=$(stack_brokers)
+  if [[ -n ${BROKERS:-} && $BROKERS != "$n" ]]; then
+    die "kafka: this stack was formatted with $n broker(s), not $BROKERS; 'deploy/stack.sh stop' and delete $STACK_DIR/kafka* to change"
   fi
-  rm -f "$KPID"
-  for p in "$KPORT" "$CPORT"; do
-    port_open "$p" && die "kafka: port $p is taken by another process"
+  [[ $n == 1 || $n == 3 ]] || die "kafka: --brokers takes 1 or 3, not $n"
+  local ports=()
+  for ((i = 1; i <= n; i++)); do ports+=("$(node_port "$i")" "$(node_cport "$i")"); done
+  [[ $(printf '%s\n' "${ports[@]}" | sort -u | wc -l) == "${#ports[@]}" ]] \
+    || die "kafka: ports ${ports[*]} overlap; with --brokers $n the controller port must not be the broker port plus an even number"
+  (( n > 1 )) && heap=512m
+  for ((i = 1; i <= n; i++)); do
+    if pid=$(kafka_pid "$i"); then
+      wait_kafka "$i" 0
+      echo "kafka: already running on 127.0.0.1:$(node_port "$i") (pid $pid)"
+      continue
+    fi
+    started+=("$i")
+  done
+  (( ${#started[@]} )) || return 0
+  for i in "${started[@]}"; do
+    rm -f "$(node_dir "$i")/kafka.pid"
+    for p in "$(node_port "$i")" "$(node_cport "$i")"; do
+      port_open "$p" && die "kafka: port $p is taken by another process"
+    done
   done
   check_java
   ensure_kafka_libs
-  mkdir -p "$KDIR/data"
-  write_kafka_config
-
-  if [[ ! -f $KDIR/data/meta.properties ]]; then
-    java -cp "$KLIBS/*" -Dlog4j2.configurationFile="$DEPLOY_DIR/kafka/log4j2.xml" \
-      -Dkafka.logs.dir="$KDIR" kafka.tools.StorageTool format --standalone \
-      -t "$(new_cluster_id)" -c "$KDIR/server.properties" >"$KDIR/format.log" 2>&1 \
-      || die "kafka: formatting $KDIR/data failed" "$KDIR/format.log"
-  fi
-
-  # Readiness is judged on log lines written after this point only.
-  local t0=$SECONDS off
-  off=$(stat -c %s "$KDIR/server.log" 2>/dev/null || echo 0)
-  # setsid: own session (no terminal, no SIGHUP, not in our process group), so the
-  # broker outlives this script. The inner bash records its own pid and then execs
-  # java, so the pid file holds the JVM's pid.
-  # shellcheck disable=SC2016  # $$ and $@ belong to the inner bash
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$KPID" \
-    java -Xms256m -Xmx1g -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$DEPLOY_DIR/kafka/log4j2.xml" -Dkafka.logs.dir="$KDIR" \
-    -cp "$KLIBS/*" kafka.Kafka "$KDIR/server.properties" \
-    >"$KDIR/console.log" 2>&1 </dev/null 8>&- &
-
-  # Up = the port accepts connections AND KafkaRaftServer logged "Kafka Server
-  # started" (logged after the broker has caught up with metadata and is unfenced).
-  local size
-  for ((i = 0; i < START_TIMEOUT * 4; i++)); do
-    sleep 0.25
-    pid=$(cat "$KPID" 2>/dev/null || true)
-    if [[ -n $pid ]] && ! is_our_kafka "$pid"; then
-      rm -f "$KPID"
-      die "kafka: broker exited during startup" "$KDIR/server.log" "$KDIR/console.log"
-    fi
-    size=$(stat -c %s "$KDIR/server.log" 2>/dev/null || echo 0)
-    (( size < off )) && off=0  # log rolled over meanwhile
-    if port_open "$KPORT" && tail -c +$((off + 1)) "$KDIR/server.log" 2>/dev/null | grep -q 'Kafka Server started'; then
-      echo "kafka: started on 127.0.0.1:$KPORT (pid $pid, $((SECONDS - t0))s)"
-      return 0
+  id=$(new_cluster_id)
+  for i in "${started[@]}"; do
+    dir=$(node_dir "$i")
+    mkdir -p "$dir/data"
+    write_kafka_config "$i" "$n"
+    if [[ ! -f $dir/data/meta.properties ]]; then
+      [[ -f $STACK_DIR/kafka/cluster.id ]] && id=$(<"$STACK_DIR/kafka/cluster.id")
+      local how=(--standalone)
+      (( n > 1 )) && how=()  # a cluster's voters are in its config: controller.quorum.voters
+      java -cp "$KLIBS/*" -Dlog4j2.configurationFile="$DEPLOY_DIR/kafka/log4j2.xml" \
+        -Dkafka.logs.dir="$dir" kafka.tools.StorageTool format "${how[@]}" \
+        -t "$id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
+        || die "kafka: formatting $dir/data failed" "$dir/format.log"
+      echo "$id" >"$STACK_DIR/kafka/cluster.id"
+      echo "$n" >"$STACK_DIR/kafka/brokers"
     fi
   done
-  kafka_stop >/dev/null
-  die "kafka: broker not ready after ${START_TIMEOUT}s, stopped it" "$KDIR/server.log" "$KDIR/console.log"
+  for i in "${started[@]}"; do
+    dir=$(node_dir "$i")
+    offs[i]=$(stat -c %s "$dir/server.log" 2>/dev/null || echo 0)  # readiness is judged on later lines only
+    # setsid: own session (no terminal, no SIGHUP, not in our process group), so the
+    # broker outlives this script. The inner bash records its own pid and then execs
+    # java, so the pid file holds the JVM's pid.
+    # shellcheck disable=SC2016  # $$ and $@ belong to the inner bash
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/kafka.pid" \
+      java -Xms256m -Xmx$heap -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$DEPLOY_DIR/kafka/log4j2.xml" -Dkafka.logs.dir="$dir" \
+      -cp "$KLIBS/*" kafka.Kafka "$dir/server.properties" \
+      >"$dir/console.log" 2>&1 </dev/null 8>&- &
+  done
+  # A cluster's nodes wait for each other's quorum: all are launched before any is waited for.
+  for i in "${started[@]}"; do
+    wait_kafka "$i" "${offs[i]}"
+    echo "kafka: started on 127.0.0.1:$(node_port "$i") (pid $(kafka_pid "$i"), $((SECONDS - t0))s)"
+  done
 }
 
-kafka_stop() {
-  local pid i
-  if ! pid=$(kafka_pid); then
-    rm -f "$KPID"
-    echo "kafka: not running"
+kafka_stop_node() {
+  local i=$1 pid t f
+  f=$(node_dir "$i")/kafka.pid
+  if ! pid=$(kafka_pid "$i"); then
+    rm -f "$f"
+    (( $(stack_brokers) == 1 )) && echo "kafka: not running"
     return 0
   fi
   kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 150; i++)); do  # a clean shutdown takes a few seconds
-    is_our_kafka "$pid" || break
+  for ((t = 0; t < 150; t++)); do  # a clean shutdown takes a few seconds
+    is_our_kafka "$i" "$pid" || break
     sleep 0.2
   done
-  if is_our_kafka "$pid"; then
-    echo "kafka: still up after 30s, sending SIGKILL"
+  if is_our_kafka "$i" "$pid"; then
+    echo "kafka: broker $i still up after 30s, sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    while is_our_kafka "$pid"; do sleep 0.2; done
+    while is_our_kafka "$i" "$pid"; do sleep 0.2; done
   fi
-  rm -f "$KPID"
+  rm -f "$f"
   echo "kafka: stopped (pid $pid)"
 }
 
+kafka_stop() {
+  local i
+  # Brokers first, controllers' majority last: the last nodes to go find no quorum, so stop
+  # them together rather than one by one waiting each out.
+  for ((i = $(stack_brokers); i >= 1; i--)); do kafka_stop_node "$i" & done
+  wait
+}
+
 kafka_status() {
-  local pid
-  if pid=$(kafka_pid); then
-    if port_open "$KPORT"; then
-      echo "kafka: running on 127.0.0.1:$KPORT (pid $pid)"
-      return 0
+  local i pid rc=0 port
+  for ((i = 1; i <= $(stack_brokers); i++)); do
+    port=$(node_port "$i")
+    if pid=$(kafka_pid "$i"); then
+      if port_open "$port"; then
+        echo "kafka: running on 127.0.0.1:$port (pid $pid)"
+        continue
+      fi
+      echo "kafka: not answering on 127.0.0.1:$port (pid $pid alive; starting or hung)"
+    else
+      echo "kafka: stopped (port $port)"
     fi
-    echo "kafka: not answering on 127.0.0.1:$KPORT (pid $pid alive; starting or hung)"
-    return 3
-  fi
-  echo "kafka: stopped (port $KPORT)"
-  return 3
+    rc=3
+  done
+  return "$rc"
 }
 
 # ------------------------------------------------------------- postgres
@@ -256,13 +342,22 @@ find_pg_bin() {
   [[ -n $v && -x /usr/lib/postgresql/$v/bin/initdb ]] && PGBIN=/usr/lib/postgresql/$v/bin
 }
 
-install_pg() {
-  (( IS_ROOT )) || die "postgres: not installed (need root to apt-get install postgresql)"
-  echo "postgres: installing the postgresql package"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; } \
-    >"$STACK_DIR/apt.log" 2>&1 || die "postgres: apt-get install postgresql failed" "$STACK_DIR/apt.log"
+# Where the cluster lives. As root the server runs as 'postgres', which must be able to reach
+# its data folder; a checkout under a private folder (a 0700 home, any `mktemp -d`) is out of its
+# reach, and we never change the user's folders. Then the cluster lives in a folder of its own
+# under /var/lib/blonet, one per stack folder (named by a hash of its path), and `clean` removes it.
+# Such a cluster is a throwaway: `stop` deletes it, and the Kafka data with it so that the two
+# never disagree (e.g. consumer offsets past events the database never saw).
+PG_OUTSIDE=/var/lib/blonet
+pg_locate() {
+  PGBASE=$STACK_DIR/postgres
+  if (( IS_ROOT )) && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$STACK_DIR/." 2>/dev/null; then
+    PGBASE=$PG_OUTSIDE/pg-$(printf %s "$STACK_DIR" | sha256sum | cut -c1-12)
+  fi
+  PGDATA=$PGBASE/data
+  PGLOG=$PGBASE/postgres.log
 }
+pg_outside() { [[ $PGBASE == "$PG_OUTSIDE"/* ]]; }
 
 # initdb/pg_ctl/postgres refuse to run as root: as root, run them as 'postgres'.
 # cd first so the server's cwd is somewhere that user can read.
@@ -316,7 +411,11 @@ EOF
 }
 
 pg_start() {
-  find_pg_bin || { install_pg; find_pg_bin; } || die "postgres: no server binaries in /usr/lib/postgresql after install"
+  if (( IS_ROOT )) && ! id postgres >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home postgres
+  fi
+  pg_locate
+  find_pg_bin || die "postgres: no server binaries under /usr/lib/postgresql (deploy/setup.sh run installs them)"
   if pg_running; then
     pg_ready && { echo "postgres: already running on 127.0.0.1:$PGPORT (pid $(pg_pid))"; return 0; }
     die "postgres: pid $(pg_pid) is alive but 127.0.0.1:$PGPORT does not answer (stop it first; see $PGLOG)"
@@ -326,7 +425,7 @@ pg_start() {
   SOCKDIR=$(pg_socket_dir)
   mkdir -p "$PGBASE" "$SOCKDIR"
   if (( IS_ROOT )); then
-    id postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home postgres
+    pg_outside && chmod 755 "$PG_OUTSIDE"
     chown postgres: "$PGBASE" "$SOCKDIR"
     chmod 700 "$PGBASE"
     runuser -u postgres -- test -w "$PGBASE" \
@@ -349,23 +448,36 @@ pg_start() {
   as_pg setsid -w "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$PGLOG" -w -t "$START_TIMEOUT" -s 8>&- \
     || die "postgres: failed to start" "$PGLOG"
   pg_ready || die "postgres: started but 127.0.0.1:$PGPORT does not answer" "$PGLOG"
-  echo "postgres: started on 127.0.0.1:$PGPORT (pid $(pg_pid), $((SECONDS - t0))s)"
+  local where=
+  pg_outside && where=", data in $PGBASE since user postgres cannot reach $STACK_DIR; stop deletes it"
+  echo "postgres: started on 127.0.0.1:$PGPORT (pid $(pg_pid), $((SECONDS - t0))s$where)"
 }
 
 pg_stop() {
+  pg_locate
   find_pg_bin || true
-  if ! pg_running; then
+  if pg_running; then
+    local pid
+    pid=$(pg_pid)
+    as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 60 -s \
+      || die "postgres: pg_ctl stop failed (see $PGLOG)"
+    echo "postgres: stopped (pid $pid)"
+  else
     echo "postgres: not running"
-    return 0
   fi
-  local pid
-  pid=$(pg_pid)
-  as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 60 -s \
-    || die "postgres: pg_ctl stop failed (see $PGLOG)"
-  echo "postgres: stopped (pid $pid)"
+  if pg_outside && [[ -d $PGBASE ]]; then
+    rm -rf "$PGBASE"
+    echo "postgres: deleted its data in $PGBASE"
+    if ! any_kafka_running && [[ -d $KDIR ]]; then
+      rm -rf "$STACK_DIR"/kafka "$STACK_DIR"/kafka-[0-9]*
+      echo "kafka: deleted its data in $STACK_DIR/kafka*, to stay in step with the database"
+    fi
+  fi
+  return 0
 }
 
 pg_status() {
+  pg_locate
   find_pg_bin || true
   if pg_running; then
     if pg_ready; then
@@ -381,7 +493,7 @@ pg_status() {
 
 # ----------------------------------------------------------------- main
 
-usage() { die "usage: $0 {start|stop|status} [kafka|postgres|all]"; }
+usage() { die "usage: $0 {start|stop|status|bootstrap} [--brokers 1|3] [kafka|postgres|all]"; }
 
 case ${2:-all} in
   kafka) comps=(kafka) ;;
@@ -401,6 +513,9 @@ esac
 case ${1:-} in
   start) for c in "${comps[@]}"; do "${c}_start"; done ;;
   stop)  for ((n = ${#comps[@]} - 1; n >= 0; n--)); do "${comps[n]}_stop"; done ;;
+  bootstrap)
+    for ((i = 1; i <= $(stack_brokers); i++)); do printf '%s127.0.0.1:%s' "${sep:-}" "$(node_port "$i")"; sep=,; done
+    echo ;;
   status)
     rc=0
     for c in "${comps[@]}"; do "${c}_status" || rc=3; done

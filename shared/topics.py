@@ -70,14 +70,31 @@ def deadletter_topic(service: str) -> Topic:
     return next(t for t in SERVICE_DEADLETTERS if t.name == f"{service}.deadletter")
 
 
+async def replication(admin: AIOKafkaAdminClient) -> tuple[int, dict[str, str]]:
+    """Replicas and topic config for a new topic: 3 with 2 in sync on a cluster of 3 or more, else 1.
+
+    With acks=all and two replicas in sync required, an accepted record is on two brokers before
+    the gateway answers 202, and one broker may die without stopping writes.
+    """
+    brokers = len((await admin.describe_cluster())["brokers"])
+    return (3, {"min.insync.replicas": "2"}) if brokers >= 3 else (1, {})
+
+
+def new_topic(name: str, partitions: int, replicas: tuple[int, dict[str, str]],
+              config: dict[str, str] | None = None) -> NewTopic:
+    factor, configs = replicas
+    return NewTopic(name, num_partitions=partitions, replication_factor=factor, topic_configs={**configs, **(config or {})})
+
+
 async def create_topics(settings: Settings) -> list[str]:
     """Create every catalogued topic that does not exist yet; return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        replicas = await replication(admin)
         wanted = [
-            NewTopic(settings.topic(t.name), num_partitions=t.partitions, replication_factor=1, topic_configs=t.config)
+            new_topic(settings.topic(t.name), t.partitions, replicas, t.config)
             for t in CATALOGUE
             if settings.topic(t.name) not in existing
         ]

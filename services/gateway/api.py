@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.gateway import repository, service
+from services.gateway import service
+from services.gateway.keycache import KeyCache
 from services.gateway.limits import RateLimiter
 from services.gateway.schemas import (
     AckAccepted, AckRequest, Accepted, AlertPage, AlertStatus, ForwardAccepted, ForwardRequest, Problem, Token,
@@ -85,7 +86,7 @@ SUBMIT_BODY = {
 }
 
 
-def authenticator(rt: Runtime, limiter: RateLimiter):
+def authenticator(keys: KeyCache, limiter: RateLimiter):
     """The dependency every API route uses: the caller of a valid, unrevoked API key, within its rate."""
 
     async def caller(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
@@ -93,9 +94,8 @@ def authenticator(rt: Runtime, limiter: RateLimiter):
             raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
         if split_api_key(creds.credentials) is None:
             raise ApiError(401, "unauthorized", "malformed API key", headers={"WWW-Authenticate": "Bearer"})
-        async with rt.sessions() as session:
-            found = await repository.principal_for_key(session, hash_api_key(creds.credentials))
-        if found is None:  # looked up on every request: a revoked key stops working at once
+        found = await keys.principal(hash_api_key(creds.credentials))
+        if found is None:  # the cache forgets a revoked key within a second: it stops working at once
             raise ApiError(401, "unauthorized", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
         wait = limiter.take(found[0].key_id)
         if wait:
@@ -106,9 +106,9 @@ def authenticator(rt: Runtime, limiter: RateLimiter):
     return caller
 
 
-def router(rt: Runtime, limiter: RateLimiter) -> APIRouter:
+def router(rt: Runtime, authenticate) -> APIRouter:
     api = APIRouter(prefix="/v1")
-    Who = Annotated[Caller, Depends(authenticator(rt, limiter))]
+    Who = Annotated[Caller, Depends(authenticate)]
     IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
                                                   description="makes retries safe: same key + same body → the original answer")]
     Traceparent = Annotated[str | None, Header(description="W3C trace context, carried on the events")]

@@ -7,6 +7,7 @@ from fastapi.openapi.utils import get_openapi
 from services.gateway import console, ops, ops_api, service
 from services.gateway.api import authenticator, count_refused_submission, install_errors, router
 from services.gateway.consumer import TOPICS, StatusView
+from services.gateway.keycache import KeyCache
 from services.gateway.limits import BodyLimit, RateLimiter
 from shared import db
 from shared.alerts import Alert
@@ -34,12 +35,12 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     async def purge_idempotency_keys() -> None:
         await service.purge_idempotency_keys(rt)
 
-    hub = ops.FlowHub(rt)
-    rt.workers += [purge_idempotency_keys, hub.run]
+    hub, keys = ops.FlowHub(rt), KeyCache(rt)
+    rt.workers += [purge_idempotency_keys, hub.run, keys.listener.run]
     app = rt.app(description=DESCRIPTION, version="1.0.0")
-    limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-    app.include_router(router(rt, limiter))
-    app.include_router(ops_api.router(rt, hub, authenticator(rt, limiter)))
+    authenticate = authenticator(keys, RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst))
+    app.include_router(router(rt, authenticate))
+    app.include_router(ops_api.router(rt, hub, authenticate))
     console.install(app, rt, hub)
     install_errors(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_refused=count_refused_submission)

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-import asyncpg
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.gateway.listen import Listener
 from services.gateway.models import alerts, forwards, recipients
 from services.gateway.repository import FLOW_CHANNEL
-from shared import db
 from shared.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -186,7 +185,7 @@ class FlowHub:
     def __init__(self, rt: Runtime, coalesce: float = 0.01) -> None:
         self.rt, self.coalesce = rt, coalesce
         self.subscribers: set[asyncio.Queue[dict]] = set()
-        self.listening = asyncio.Event()
+        self.listener = Listener(rt, "live flow", {FLOW_CHANNEL: self._notified})
         self.pending: set[UUID] = set()
         self.changed = asyncio.Event()
 
@@ -199,7 +198,7 @@ class FlowHub:
         finally:
             self.subscribers.discard(queue)
 
-    def _notified(self, _conn, _pid, _channel, payload: str) -> None:
+    def _notified(self, payload: str) -> None:
         if self.subscribers:
             self.pending.add(UUID(payload))
             self.changed.set()
@@ -225,36 +224,12 @@ class FlowHub:
                         queue.put_nowait(summary)
 
     async def run(self) -> None:
-        """Keep a LISTEN connection open until the service stops; reconnect after a loss."""
+        """Listen for changes until the service stops, and pass them on."""
         fan_out = asyncio.create_task(self.fan_out())
-        dsn = db.service_url(self.rt.settings, "gateway").set(drivername="postgresql").render_as_string(hide_password=False)
         try:
-            while not self.rt.stopping.is_set():
-                try:
-                    await self._listen(dsn)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("live flow: not listening (%s); retrying in 2 s", exc)
-                finally:
-                    self.listening.clear()
-                if not self.rt.stopping.is_set():
-                    await asyncio.sleep(2)
+            await self.listener.run()
         finally:
             fan_out.cancel()
-
-    async def _listen(self, dsn: str) -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _c: lost.set())
-            await conn.add_listener(FLOW_CHANNEL, self._notified)
-            self.listening.set()
-            waits = {asyncio.ensure_future(self.rt.stopping.wait()), asyncio.ensure_future(lost.wait())}
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=2)
 
 
 Allowed = Callable[[], Awaitable[bool]]

@@ -228,22 +228,52 @@ async def test_rate_limit_answers_429_with_retry_after(settings, strict):
     assert statuses[:25] == [200] * 25 and 429 in statuses and int(retry) >= 1
 
 
-async def test_revocation_and_rotation_take_effect_at_once(settings, strict):
+async def refused_after(http: aiohttp.ClientSession, url: str, key: str, within: float = 1.0) -> float:
+    """Poll with `key` until the gateway answers 401; return how long that took (fails past `within`)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        async with http.get(f"{url}/v1/alerts", params={"limit": 1}, headers=auth(key)) as r:
+            if r.status == 401:
+                return loop.time() - started
+        assert loop.time() - started < within, f"the revoked key still worked after {within} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_revocation_and_rotation_take_effect_within_a_second(settings, strict):
     key = await make_key(settings, "kg-sbs", Role.SUBMIT, Role.RECEIVE)
     key_id = key.split("_")[1]
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{strict}/v1/alerts", headers=auth(key)) as r:
-            assert r.status == 200
+        for _ in range(2):  # the second answer comes from the gateway's key cache
+            async with http.get(f"{strict}/v1/alerts", headers=auth(key)) as r:
+                assert r.status == 200
         new_id, new_key = await in_session(settings, "gateway", lambda s: service.rotate_key(s, key_id))
-        async with http.get(f"{strict}/v1/alerts", headers=auth(key)) as r:
-            assert r.status == 401
+        await refused_after(http, strict, key)
         async with http.get(f"{strict}/v1/alerts", headers=auth(new_key)) as r:
             assert r.status == 200
         rows = {r["key_id"]: r for r in await in_session(settings, "gateway", repository.list_keys)}
         assert rows[key_id]["replaced_by"] == new_id and rows[new_id]["roles"] == ["submit", "receive"]
         assert await in_session(settings, "gateway", lambda s: repository.revoke_key(s, new_id))
-        async with http.get(f"{strict}/v1/alerts", headers=auth(new_key)) as r:
-            assert r.status == 401
+        await refused_after(http, strict, new_key)
+
+
+async def test_key_cache_is_bypassed_while_its_listen_connection_is_down(settings, strict):
+    key = await make_key(settings, "kg-sbs", Role.RECEIVE)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{strict}/v1/alerts", headers=auth(key)) as r:
+            assert r.status == 200  # now cached
+        cut = await in_session(settings, "gateway", lambda s: s.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE '%gateway_keys%' AND pid <> pg_backend_pid()")))
+        assert cut.rowcount >= 1, "no gateway was listening for key changes"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(0.5)  # the gateways see their connection gone; they reconnect after 2 s
+        # Revoked while nobody listens: no notification reaches the strict gateway's cache.
+        assert await in_session(settings, "gateway", lambda s: repository.revoke_key(s, key.split("_")[1]))
+        async with http.get(f"{strict}/v1/alerts", headers=auth(key)) as r:
+            assert r.status == 401, "a cached key was served while revocations could not be heard"
+        assert loop.time() - started < 1.9, "checked after the reconnect: the test proves nothing"
 
 
 async def test_recipient_sees_its_view_acknowledges_and_forwards(settings, services):

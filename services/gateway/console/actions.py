@@ -149,15 +149,8 @@ def router(kit: Kit) -> APIRouter:
         context = {"endpoints": [], "dead": [], "problems": [], "endpoint": endpoint}
         calls = (("endpoints", "/v1/endpoints", {}), ("dead", "/v1/deliveries/failed", {"endpoint": endpoint, "limit": 200}))
         for name, path, params in calls:
-            try:
-                answer = await kit.up.get(who, "notifier", path, **params)
-            except UpstreamError as exc:
-                context["problems"].append(str(exc))
-                break
-            if answer.ok:
+            if answer := await kit.fetch(who, "notifier", path, context["problems"], **params):
                 context[name] = answer.body
-            else:
-                context["problems"].append(f"notifier: {answer.status} {answer.detail()}")
         return context
 
     @api.get("/deliveries")

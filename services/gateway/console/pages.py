@@ -14,7 +14,6 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from services.gateway import ops
 from services.gateway.console import session, system, trail
 from services.gateway.console.i18n import LANGUAGES
-from services.gateway.console.upstream import UpstreamError
 from services.gateway.console.web import Kit, Who, templates
 from shared.alerts import Category, Tlp
 
@@ -112,10 +111,7 @@ def router(kit: Kit) -> APIRouter:
 
     @api.get("/alerts/{alert_id}/trail")
     async def alert_trail(request: Request, alert_id: UUID, who: Who):
-        try:
-            found = await trail.verified_trail(kit.up, who, alert_id)
-        except UpstreamError as exc:
-            found = trail.Trail(error=str(exc))
+        found = await trail.verified_trail(kit.up, who, alert_id)
         return kit.render(request, "_trail.html", who, trail=found, alert_id=alert_id)
 
     # --- system ----------------------------------------------------------------------------------

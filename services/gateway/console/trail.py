@@ -16,7 +16,8 @@ import orjson
 from services.audit import keys
 from services.audit.note import NoteError, VerifierKey
 from services.audit.verify import VerificationError, open_signed, verify_trail_entry
-from services.gateway.console.upstream import Upstream
+from services.gateway.console.upstream import Upstream, UpstreamError
+from services.gateway.console.web import Problem, problem
 from shared.auth import Principal
 from shared.settings import Settings
 
@@ -35,7 +36,7 @@ class Entry:
 class Trail:
     entries: list[Entry] = field(default_factory=list)
     checkpoint_size: int | None = None
-    error: str | None = None
+    error: Problem | None = None  # what the page says instead of the entries
 
 
 def verifier_key(settings: Settings) -> VerifierKey:
@@ -61,19 +62,27 @@ def _shown(item: dict) -> Entry:
 
 
 async def verified_trail(up: Upstream, who: Principal, alert_id: UUID) -> Trail:
-    """Fetch the latest checkpoint, then the trail with a proof for each entry (two audited reads), and check them."""
-    note = await up.get(who, "audit", "/v1/checkpoint")
-    if not note.ok:
-        return Trail(error=f"no checkpoint: {note.detail()}")
+    """Fetch the latest checkpoint, then the trail with a proof for each entry (two audited reads), and check them.
+
+    Before the log's first non-empty checkpoint no entry can be proven yet: each is shown as after
+    the latest checkpoint, as later entries always are.
+    """
     try:
-        checkpoint = open_signed(note.body, verifier_key(up.settings), "the latest checkpoint")
-    except (VerificationError, NoteError, OSError) as exc:
-        return Trail(error=str(exc))
-    found = await up.get(who, "audit", f"/v1/trail/{alert_id}", tree_size=checkpoint.size)
+        note = await up.get(who, "audit", "/v1/checkpoint")
+        if not note.ok:
+            return Trail(error=problem("audit", note.status, note.detail()))
+        try:
+            checkpoint = open_signed(note.body, verifier_key(up.settings), "the latest checkpoint")
+        except (VerificationError, NoteError, OSError) as exc:
+            return Trail(error=("trail.checkpoint_bad", {"detail": str(exc)}))
+        proofs = {"tree_size": checkpoint.size} if checkpoint.size else {}
+        found = await up.get(who, "audit", f"/v1/trail/{alert_id}", **proofs)
+    except UpstreamError as exc:
+        return Trail(error=problem("audit", None, exc.detail))
     if found.status == 404:
-        return Trail(error="no audit entries yet")
+        return Trail(error=("trail.none", {}))
     if not found.ok:
-        return Trail(error=f"{found.status}: {found.detail()}")
+        return Trail(error=problem("audit", found.status, found.detail()))
     trail = Trail(checkpoint_size=checkpoint.size)
     for item in found.body["entries"]:
         entry = _shown(item)

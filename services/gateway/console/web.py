@@ -1,6 +1,7 @@
 """What every console page shares: templates, the signed-in operator, results, and calls upstream."""
 
 import base64
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,18 @@ from shared.auth import Principal
 from shared.service import Runtime
 
 FLASH = "blonet_flash"  # an action's result, shown once on the page it redirects to
+log = logging.getLogger(__name__)
+
+# A page shows a problem as (i18n key, values): what is missing and why, never a service's raw answer.
+Problem = tuple[str, dict]
+
+
+def problem(service: str, status: int | None, detail: str) -> Problem:
+    """Log a service's failed answer in full; return what the page says of it."""
+    log.warning("console: upstream call failed", extra={"service": service, "status": status, "detail": detail[:500]})
+    if status is None:
+        return "error.unreachable", {"service": service}
+    return "error.upstream", {"service": service, "status": status}
 
 
 def _when(value) -> str:
@@ -80,17 +93,17 @@ class Kit:
         if not session.same_origin(request):
             raise session.CrossSite()
 
-    async def fetch(self, who: Principal, service: str, path: str, problems: list[str], **params) -> Answer | None:
+    async def fetch(self, who: Principal, service: str, path: str, problems: list[Problem], **params) -> Answer | None:
         """GET from a service; on failure note why in `problems` (shown on the page) and return None."""
         try:
             answer = await self.up.get(who, service, path, **params)
         except UpstreamError as exc:
-            problems.append(str(exc))
+            problems.append(problem(service, None, exc.detail))
             return None
         if answer.ok:
             return answer
         if answer.status != 404:
-            problems.append(f"{service}: {answer.status} {answer.detail()}")
+            problems.append(problem(service, answer.status, answer.detail()))
         return None
 
 
