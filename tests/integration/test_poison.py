@@ -44,7 +44,7 @@ GROUPS = {
 def nul_event(topic: topics.Topic) -> bytes:
     """A well-formed event of the topic's type with a NUL in a string its consumers store or check."""
     aid = new_id()
-    payload: Payload = {
+    payload: Payload | None = {
         topics.ALERTS_ROUTED: lambda: AlertRouted(ruleset_hash="h", denied=[], recipients=[Recipient(
             agency=NUL, endpoint="ep-blo-dostuk", profile=ViewProfile.FULL, rule="r", reason="r")]),
         topics.DELIVERIES_REQUESTED: lambda: DeliveryRequested(delivery_id=new_id(), endpoint="ep\x00x", agency=NUL,
