@@ -11,7 +11,7 @@ export BLONET_TEST_PG_PORT ?= 15433
 TEST_STACK := BLONET_STACK_DIR=$(CURDIR)/var/test-stack BLONET_KAFKA_PORT=$(BLONET_TEST_KAFKA_PORT) \
 	BLONET_KAFKA_CONTROLLER_PORT=$(BLONET_TEST_CONTROLLER_PORT) BLONET_PG_PORT=$(BLONET_TEST_PG_PORT)
 
-.PHONY: install setup-run setup-test run test stop bench check-compose
+.PHONY: install setup-run setup-test run test stop bench faults check-compose
 
 setup-run:  ## the Debian packages `make run` needs (installed as root, else named with the command)
 	@deploy/setup.sh run
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: setup-run install  ## start Kafka, PostgreSQL, the four services and the demo; Ctrl-C stops it all
-	@deploy/run.sh
+	@deploy/run.sh $(RUN_ARGS)
 
 test: setup-test install  ## run every test on the test stack; stops the stack it started (KEEP_STACK=1 keeps it)
 	@$(TEST_STACK) KEEP_STACK=$(KEEP_STACK) deploy/test.sh $(PYTEST_ARGS)
@@ -40,3 +40,6 @@ stop:  ## stop anything `make run` or `make test` left running
 
 bench: setup-run install  ## the throughput/latency benchmark against a running `make run` stack
 	$(BIN)/python -m bench.pipeline
+
+faults: setup-run install  ## kill parts of BLOnet under load on a private stack; FAULTS_ARGS="--brokers 3 --scenarios leader-kill"
+	$(BIN)/python -m bench.faults $(FAULTS_ARGS)

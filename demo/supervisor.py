@@ -5,14 +5,15 @@ import asyncio
 import json
 import os
 import signal
-import sys
 
 import aiohttp
 from rich.console import Console
 from rich.table import Table
 
 from demo.inbox import Inbox, serve
+from demo.processes import Supervised, instance_env
 from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, SCENARIO
+from services.audit import keys as audit_keys
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
 from services.routing.cli import apply_network
@@ -65,19 +66,15 @@ async def prepare(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
     ids = {e.id for e in directory.endpoints}
     await _session_do(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, ids))
     secrets = await _session_do(settings, "notifier", notifier_repo.secrets_by_endpoint)
+    if not settings.audit_verifier_key:  # the console trusts only a configured key: pin this node's, as set up now
+        os.environ["BLONET_AUDIT_VERIFIER_KEY"] = str(audit_keys.load_signing_key(settings).verifier)
     return keys, secrets
 
 
-async def _stream(name: str, proc: asyncio.subprocess.Process) -> None:
-    async for line in proc.stdout:
-        print(f"{name:>8} | {line.decode(errors='replace').rstrip()}", flush=True)
-
-
-async def _wait_ready(http: aiohttp.ClientSession, port: int, proc: asyncio.subprocess.Process, timeout: float = 90) -> None:
+async def _wait_ready(http: aiohttp.ClientSession, port: int, timeout: float = 90) -> None:
+    """Wait for a service's readiness; a crash meanwhile is the supervisor's to restart, not ours to report."""
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        if proc.returncode is not None:
-            raise RuntimeError(f"service on port {port} exited with {proc.returncode}")
         try:
             async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
                 if r.status == 200:
@@ -143,7 +140,7 @@ def where_to_look(settings: Settings, keys: dict[str, str], alert_hint: str = "<
     )
 
 
-async def main() -> int:
+async def main(instances: int = 1, port_step: int = 1000) -> int:
     settings = get_settings()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -153,43 +150,32 @@ async def main() -> int:
     keys, secrets = await prepare(settings)
     inbox = Inbox(secrets=lambda: secrets)
     runner = await serve(inbox, settings.demo_inbox_port)
-    procs: dict[str, asyncio.subprocess.Process] = {}
-    streams = []
+    say = lambda text: console.print(f"[yellow]{text}")  # noqa: E731
+    running: list[Supervised] = []
+    for name in SERVICES:
+        for i in range(1, instances + 1):
+            label, env = instance_env(name, getattr(settings, f"{name}_port"), i, instances, port_step)
+            running.append(Supervised(label, f"services.{name}", env, say))
+    tasks = [asyncio.create_task(s.run()) for s in running]
     code = 0
     try:
-        for name in SERVICES:
-            procs[name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"services.{name}", stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=os.environ.copy(), start_new_session=True,
-            )
-            streams.append(asyncio.create_task(_stream(name, procs[name])))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             for name in SERVICES:
-                await _wait_ready(http, getattr(settings, f"{name}_port"), procs[name])
-            console.print("all four services are ready; submitting the Dostuk exercise scenario…")
+                for i in range(instances):
+                    await _wait_ready(http, getattr(settings, f"{name}_port") + port_step * i)
+            ready = "all four services are ready" if instances == 1 else f"{instances} instances of each service are ready"
+            console.print(f"{ready}; submitting the Dostuk exercise scenario…")
             ok = await run_scenario(http, settings, keys, inbox)
         console.print(where_to_look(settings, keys))
         code = 0 if ok else 1
-        waiter = asyncio.create_task(stop.wait())
-        died = [asyncio.create_task(p.wait()) for p in procs.values()]
-        done, _ = await asyncio.wait([waiter, *died], return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            console.print("[red]a service exited; stopping everything")
-            code = 1
+        await stop.wait()  # a service that exits is restarted (see demo/processes.py), not a reason to stop
     except Exception as exc:  # report in one line, then clean up
         console.print(f"[red]blonet run failed: {exc}")
         code = 1
     finally:
         console.print("stopping services…")
-        for proc in procs.values():
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except asyncio.TimeoutError:
-                proc.kill()
-        for task in streams:
+        await asyncio.gather(*(s.stop() for s in running))
+        for task in tasks:
             task.cancel()
         await runner.cleanup()
         console.print("all services stopped")

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 deploy/stack.sh start
 trap 'deploy/stack.sh stop' EXIT
 trap ':' INT TERM  # let blonet run handle the signal and finish its clean-up
-.venv/bin/blonet run || status=$?
+.venv/bin/blonet run "$@" || status=$?  # e.g. make run RUN_ARGS="--instances 2"
 exit "${status:-0}"

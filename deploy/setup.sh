@@ -5,8 +5,8 @@
 #   run   what `make run` needs: Python 3.11 with venv, Java 17+, Maven (fetches the Kafka jars
 #         once), PostgreSQL's server binaries
 #   test  all of that, plus what the test suite needs: Chromium (the console's browser tests),
-#         promtool (the Prometheus rules' tests), a compose parser (docker-compose.yml's test)
-#         and Go (builds the audit log's independent verifier)
+#         promtool (the Prometheus rules' tests), a compose parser (docker-compose.yml's test),
+#         Go (builds the audit log's independent verifier) and systemd-analyze (deploy/systemd)
 # Only what is missing is installed, so a second call costs a few milliseconds. As root it
 # installs with apt-get; as anyone else it prints, for each missing package, one line naming it
 # and the command to run, and fails. Nothing it installs is left running as a daemon.
@@ -45,6 +45,7 @@ if [[ $mode == test ]]; then
   command -v promtool >/dev/null || need prometheus "promtool (the Prometheus rules' tests)"
   has_compose || need docker-compose "a compose parser (the docker-compose.yml test)"
   has_go || need golang-go "Go (builds the audit log's independent verifier)"
+  command -v systemd-analyze >/dev/null || need systemd "systemd-analyze (checks the units in deploy/systemd)"
 fi
 
 (( ${#missing[@]} )) || exit 0

@@ -3,7 +3,7 @@
 # No Docker. Several stacks can run side by side: everything an instance owns lives
 # under BLONET_STACK_DIR, and every port comes from the environment.
 #
-# Usage: deploy/stack.sh {start|stop|status|bootstrap} [--brokers 1|3] [kafka|postgres|all]
+# Usage: deploy/stack.sh {start|stop|status|bootstrap|restart} [--brokers 1|3] [kafka|postgres|all]
 #   --brokers 3                    a 3-node Kafka cluster (also BLONET_KAFKA_BROKERS); a stack keeps
 #                                  the size it was first started with
 #   BLONET_STACK_DIR               data, logs, pid files   (default <repo>/var/stack)
@@ -12,7 +12,7 @@
 #   BLONET_KAFKA_CONTROLLER_PORT   KRaft controller        (default 9093; node i: +2(i-1))
 #   BLONET_PG_PORT                 PostgreSQL, 127.0.0.1   (default 5433)
 # status exits 0 if every requested component is running, 3 otherwise; bootstrap prints the
-# brokers' addresses for BLONET_KAFKA_BOOTSTRAP.
+# brokers' addresses for BLONET_KAFKA_BOOTSTRAP; `restart postgres` is a fast restart that keeps data.
 set -euo pipefail
 
 args=()
@@ -190,14 +190,14 @@ new_cluster_id() {
 
 # Up = the port accepts connections AND KafkaRaftServer logged "Kafka Server started" (logged
 # after the broker has caught up with metadata and is unfenced) after byte $2 of its log.
-wait_kafka() {  # wait_kafka NODE LOG_OFFSET
-  local i=$1 off=$2 dir port pid size t
+wait_kafka() {  # wait_kafka NODE LOG_OFFSET [ours]: "ours" (we launched it) stops the brokers on failure
+  local i=$1 off=$2 ours=${3:-} dir port pid size t
   dir=$(node_dir "$i") port=$(node_port "$i")
   for ((t = 0; t < START_TIMEOUT * 4; t++)); do
     pid=$(cat "$dir/kafka.pid" 2>/dev/null || true)
     if [[ -n $pid ]] && ! is_our_kafka "$i" "$pid"; then
       rm -f "$dir/kafka.pid"
-      kafka_stop >/dev/null
+      [[ $ours ]] && kafka_stop >/dev/null
       die "kafka: broker $i exited during startup" "$dir/server.log" "$dir/console.log"
     fi
     size=$(stat -c %s "$dir/server.log" 2>/dev/null || echo 0)
@@ -207,8 +207,11 @@ wait_kafka() {  # wait_kafka NODE LOG_OFFSET
     fi
     sleep 0.25
   done
-  kafka_stop >/dev/null
-  die "kafka: broker $i not ready after ${START_TIMEOUT}s, stopped the stack's brokers" "$dir/server.log" "$dir/console.log"
+  if [[ $ours ]]; then
+    kafka_stop >/dev/null
+    die "kafka: broker $i not ready after ${START_TIMEOUT}s, stopped the stack's brokers" "$dir/server.log" "$dir/console.log"
+  fi
+  die "kafka: broker $i (already running, not started by us) not ready after ${START_TIMEOUT}s; left as it is" "$dir/server.log"
 }
 
 kafka_start() {
@@ -272,7 +275,7 @@ kafka_start() {
   done
   # A cluster's nodes wait for each other's quorum: all are launched before any is waited for.
   for i in "${started[@]}"; do
-    wait_kafka "$i" "${offs[i]}"
+    wait_kafka "$i" "${offs[i]}" ours
     echo "kafka: started on 127.0.0.1:$(node_port "$i") (pid $(kafka_pid "$i"), $((SECONDS - t0))s)"
   done
 }
@@ -476,6 +479,16 @@ pg_stop() {
   return 0
 }
 
+# A fast restart that keeps the data wherever it lives (stop would delete a cluster kept outside).
+pg_restart() {
+  pg_locate
+  find_pg_bin || die "postgres: no server binaries under /usr/lib/postgresql"
+  pg_running || die "postgres: not running"
+  as_pg "$PGBIN/pg_ctl" restart -D "$PGDATA" -m fast -w -t "$START_TIMEOUT" -s -l "$PGLOG" 8>&- \
+    || die "postgres: restart failed" "$PGLOG"
+  echo "postgres: restarted (pid $(pg_pid))"
+}
+
 pg_status() {
   pg_locate
   find_pg_bin || true
@@ -493,7 +506,7 @@ pg_status() {
 
 # ----------------------------------------------------------------- main
 
-usage() { die "usage: $0 {start|stop|status|bootstrap} [--brokers 1|3] [kafka|postgres|all]"; }
+usage() { die "usage: $0 {start|stop|status|bootstrap|restart} [--brokers 1|3] [kafka|postgres|all]"; }
 
 case ${2:-all} in
   kafka) comps=(kafka) ;;
@@ -503,7 +516,7 @@ case ${2:-all} in
 esac
 
 case ${1:-} in
-  start | stop)
+  start | stop | restart)
     # One start/stop at a time per stack (e.g. parallel test workers). The servers
     # are launched with this fd closed, so they never hold the lock.
     mkdir -p "$STACK_DIR"
@@ -513,6 +526,9 @@ esac
 case ${1:-} in
   start) for c in "${comps[@]}"; do "${c}_start"; done ;;
   stop)  for ((n = ${#comps[@]} - 1; n >= 0; n--)); do "${comps[n]}_stop"; done ;;
+  restart)
+    [[ ${comps[*]} == pg ]] || die "stack: restart is for postgres only (a broker restarts by stop and start)"
+    pg_restart ;;
   bootstrap)
     for ((i = 1; i <= $(stack_brokers); i++)); do printf '%s127.0.0.1:%s' "${sep:-}" "$(node_port "$i")"; sep=,; done
     echo ;;

@@ -186,8 +186,14 @@ def endpoints_export(out: Path = typer.Option(..., help="file to write (mode 060
 
 
 @app.command()
-def run() -> None:
-    """Run the four services, the demo inboxes and the demo scenario; Ctrl-C stops everything."""
+def run(
+    instances: int = typer.Option(1, min=1, max=9, help="instances of each service, in the same consumer groups"),
+    port_step: int = typer.Option(1000, help="instance i of a service listens on its port + step × (i-1)"),
+) -> None:
+    """Run the four services, the demo inboxes and the demo scenario; Ctrl-C stops everything.
+
+    A service instance that exits is restarted with backoff (1 s, 2 s, … 30 s) and the log says so.
+    """
     from demo.supervisor import main
 
-    raise typer.Exit(asyncio.run(main()))
+    raise typer.Exit(asyncio.run(main(instances, port_step)))

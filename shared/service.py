@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from shared import db, failures, tracing
+from shared.bodylimit import BodyLimit
 from shared.kafka import EventConsumer, make_producer
 from shared.topics import deadletter_topic
 from shared.observability import configure_logging, install
@@ -36,6 +37,7 @@ class Runtime:
         self.workers: list[Callable[[], Awaitable[None]]] = []
         self.before_consuming: list[Callable[[], Awaitable[None]]] = []  # start-up steps needing DB and producer
         self.on_stop: list[Callable[[], Awaitable[None]]] = []  # e.g. closing HTTP client sessions
+        self.on_body_refused: Callable[[dict, str], None] | None = None  # e.g. the gateway counts refused submissions
         self._tasks: list[asyncio.Task] = []
         self.stopping = asyncio.Event()
 
@@ -127,6 +129,8 @@ class Runtime:
                       **fastapi_kwargs)
         install(app, self.name, {"database": self._check_db, "kafka": self._check_kafka})
         app.add_middleware(tracing.TraceMiddleware, service=self.name)  # a SERVER span per request, when on
+        # Outermost: an oversized body is refused (413) before anything reads it, auth included.
+        app.add_middleware(BodyLimit, max_bytes=self.settings.max_body_bytes, on_refused=self.on_body_refused)
         return app
 
     def serve(self, app: FastAPI) -> None:

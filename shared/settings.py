@@ -62,22 +62,29 @@ class Settings(BaseSettings):
     # trace_url_template (e.g. http://127.0.0.1:16686/trace/{trace_id}) when it is set.
     otlp_endpoint: str | None = None
     trace_url_template: str | None = None
-    # The audit log's public C2SP vkey, for the console's "verified" mark: given here, or read from
-    # the file audit publishes it to (default: beside its signing key, as <key>.vkey).
+    # The audit log's public C2SP vkey, pinned here for the console's "verified" mark (unset: nothing
+    # is marked verified). Never read from the file below, which audit itself writes for local readers
+    # (default: beside its signing key, as <key>.vkey): that would let the audit host vouch for itself.
     audit_verifier_key: str | None = None
     audit_verifier_key_file: Path | None = None
     console_session_seconds: int = 8 * 3600  # an operator's console login lasts at most this long
 
     accept_timeout_seconds: float = 5.0  # the gateway answers 503 if Kafka has not acked by then
-    max_body_bytes: int = 256 * 1024  # the gateway answers 413 above this
+    max_body_bytes: int = 256 * 1024  # every service answers 413 above this, before reading the body
     rate_limit_per_second: float = 50.0  # per API key and gateway instance; 429 with Retry-After above it
     rate_limit_burst: int = 100
+    max_streams_per_key: int = 5  # open SSE streams per API key and gateway instance; 429 above it
+    stream_recheck_seconds: float = 15.0  # how often an open stream checks that its caller may still read it
     idempotency_ttl_hours: int = 48  # Idempotency-Key records are kept at least this long (>= 24)
     reject_expired_alerts: bool = True  # 422 for an alert whose `expires` is past (off only to replay old traffic)
     webhook_timeout_seconds: float = 10.0
     # Comparable to Svix: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 24 h (about two days in all).
     retry_schedule_seconds: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000, 86400]
     allow_insecure_webhooks: bool = True  # plain http only to loopback; refused in production
+    # Hosts, addresses and networks (CIDR) the notifier may send to although they are internal
+    # (loopback, private, link-local…): a URL's host as written and every address it resolves to
+    # must both be listed (docs/security.md). Unset: 127.0.0.1 outside production, none in production.
+    egress_allow_list: list[str] | None = None
     circuit_failure_threshold: int = 5  # consecutive failures that open an endpoint's circuit
     circuit_cooldown_seconds: float = 30.0  # open circuit: one probe after this long
     endpoint_rate_per_second: float = 50.0  # per endpoint and notifier instance

@@ -7,6 +7,9 @@ import secrets
 
 from shared.settings import REPO
 
+# The real stack's session fixtures, registered once for tests/integration and tests/security.
+pytest_plugins = ["tests.fixtures"]
+
 RUN = secrets.token_hex(3)
 # Every port a test run opens is BASE + a fixed offset, with BASE drawn per run, so test runs
 # started side by side (two developers' sessions, CI beside a dev loop) never collide.
@@ -45,6 +48,7 @@ APP_ENV = {
     "BLONET_CIRCUIT_FAILURE_THRESHOLD": "3",  # notifier: open after 3 failures, probe after 2 s
     "BLONET_CIRCUIT_COOLDOWN_SECONDS": "2",
     "BLONET_SMTP_PORT": str(port(400)),  # the notifier tests' own SMTP server (aiosmtpd)
+    "BLONET_STREAM_RECHECK_SECONDS": "1",  # streams re-check their caller every second, not every 15 s
     "BLONET_TOKEN_PRIVATE_KEY_FILE": str(REPO / "var" / "test-keys" / "token.pem"),
     "BLONET_TOKEN_PUBLIC_KEY_FILE": str(REPO / "var" / "test-keys" / "token.pub.pem"),
 }

@@ -16,7 +16,7 @@ from services.audit import keys, service
 from services.audit.client import AuditClient, SourceError, read_export, write_export
 from services.audit.merkle import verify_consistency
 from services.audit.note import NoteError, SignerKey, VerifierKey, peek_checkpoint
-from services.audit.verify import VerificationError, open_signed, verify_log, verify_trail_entry
+from services.audit.verify import VerificationError, erased_by, open_signed, verify_log, verify_trail_entry
 from shared import db
 from shared.settings import get_settings
 
@@ -130,9 +130,13 @@ def _verify_trail(client: AuditClient, vk: VerifierKey, alert: UUID, saved_note:
                                         f"{saved.size}: it was rewritten")
     trail = client.json(f"/v1/trail/{alert}")
     covered = [e for e in trail["entries"] if e["index"] < cp.size]
+
+    def proof(item: dict) -> dict:
+        return client.json("/v1/proofs/inclusion", index=item["index"], tree_size=cp.size)
+
+    erased = erased_by(((e, proof(e)) for e in trail.get("erasures", []) if e["index"] < cp.size), cp)
     for item in covered:
-        proof = client.json("/v1/proofs/inclusion", index=item["index"], tree_size=cp.size)
-        remarks = verify_trail_entry(item, proof, cp)
+        remarks = verify_trail_entry(item, proof(item), cp, erased)
         console.print(f"  #{item['index']:<8} {item['type']:<20} {item['event_id']}  included; {'; '.join(remarks)}")
     later = len(trail["entries"]) - len(covered)
     console.print(f"[green]OK[/]: {len(covered)} entries of alert {alert} are in the log of {cp.size} entries signed by "

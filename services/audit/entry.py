@@ -192,6 +192,11 @@ def erasure(event_id: UUID, *, reason: str, actor: str, indexes: list[int], aler
     }, alert_id=alert_id)
 
 
+def erases_any(doc: dict, indexes: set[int]) -> bool:
+    """Return whether an erasure entry's document lists any of `indexes`."""
+    return any(first <= i <= last for first, last in doc["erased"]["indexes"] for i in indexes)
+
+
 def _runs(indexes: list[int]) -> list[list[int]]:
     """Compress indexes into [first, last] runs: a retention sweep may erase thousands."""
     runs: list[list[int]] = []

@@ -5,9 +5,10 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.audit.entry import ERASURE
 from services.audit.merkle import Node
 from services.audit.models import checkpoints, entries, payloads, tree_nodes
 
@@ -86,6 +87,13 @@ async def trail(session: AsyncSession, alert_id: UUID) -> list[dict]:
     return [dict(r) for r in rows.mappings()]
 
 
+async def erasures(session: AsyncSession) -> list[dict]:
+    """Return every `audit.erasure` entry (one per erase command or retention sweep: few)."""
+    rows = await session.execute(_with_payload().add_columns(entries.c.event_id, entries.c.causation_id, entries.c.type)
+                                 .where(entries.c.type == ERASURE).order_by(entries.c.idx))
+    return [dict(r) for r in rows.mappings()]
+
+
 async def search(session: AsyncSession, *, agency: str | None, types: list[str] | None, since: datetime | None,
                  until: datetime | None, after: int, limit: int) -> list[dict]:
     query = _with_payload().where(entries.c.idx > after)
@@ -101,12 +109,20 @@ async def search(session: AsyncSession, *, agency: str | None, types: list[str] 
     return [dict(r) for r in rows.mappings()]
 
 
-async def erase_payloads(session: AsyncSession, *, alert_id: UUID | None = None,
-                         stored_before: datetime | None = None) -> list[int]:
-    """Delete payloads of one alert's entries, or those stored before a time; return their indexes."""
-    query = delete(payloads).returning(payloads.c.idx)
+async def payload_indexes(session: AsyncSession, *, alert_id: UUID | None = None,
+                          stored_before: datetime | None = None) -> list[int]:
+    """Return the indexes of the stored payloads of one alert's entries, or of those stored before a time."""
+    query = select(payloads.c.idx)
     if alert_id is not None:
         query = query.where(payloads.c.idx.in_(select(entries.c.idx).where(entries.c.alert_id == alert_id)))
     if stored_before is not None:
         query = query.where(payloads.c.stored_at < stored_before)
     return sorted((await session.execute(query)).scalars())
+
+
+async def erase_logged_payloads(session: AsyncSession, erasure_index: int) -> int:
+    """Delete the payloads that the `audit.erasure` entry at `erasure_index` names; return how many.
+
+    The service's role may not DELETE payloads: only this database function (migration 0003) may,
+    and only those an erasure entry already in the log lists."""
+    return await session.scalar(text("SELECT erase_logged_payloads(:i)"), {"i": erasure_index})

@@ -159,8 +159,9 @@ async def erase(session: AsyncSession, *, reason: str, actor: str, now: datetime
     """Erase payloads (one alert's, or all stored before a time) and log the erasure; return the indexes."""
     if alert_id is None and stored_before is None:
         raise ValueError("say which payloads to erase: an alert, or a time before which they were stored")
-    indexes = await repository.erase_payloads(session, alert_id=alert_id, stored_before=stored_before)
-    if indexes:
-        await append(session, [entry.erasure(new_id(), reason=reason, actor=actor, indexes=indexes, alert_id=alert_id,
-                                             stored_before=stored_before)], now)
+    indexes = await repository.payload_indexes(session, alert_id=alert_id, stored_before=stored_before)
+    if indexes:  # the erasure is logged first; the database deletes only what a logged erasure lists
+        (logged,) = await append(session, [entry.erasure(new_id(), reason=reason, actor=actor, indexes=indexes,
+                                                         alert_id=alert_id, stored_before=stored_before)], now)
+        await repository.erase_logged_payloads(session, logged)
     return indexes

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
 
-from services.audit.entry import payload_digest
+from services.audit.entry import ERASURE, payload_digest
 from services.audit.merkle import Frontier, leaf_hash, verify_inclusion
 from services.audit.note import Checkpoint, NoteError, VerifierKey, open_checkpoint
 
@@ -102,8 +102,8 @@ def _index_of(data: bytes, position: int) -> int | None:
     return index if isinstance(index, int) else None
 
 
-def verify_trail_entry(item: dict, proof: dict, checkpoint: Checkpoint) -> list[str]:
-    """Check one trail entry against its inclusion proof and the signed root; return remarks, raise on failure."""
+def included(item: dict, proof: dict, checkpoint: Checkpoint) -> dict:
+    """Check that a served entry's bytes are in the signed tree by its inclusion proof; return the entry."""
     try:
         data = base64.b64decode(item["entry"], validate=True)
         hashes = [base64.b64decode(h, validate=True) for h in proof["hashes"]]
@@ -118,6 +118,29 @@ def verify_trail_entry(item: dict, proof: dict, checkpoint: Checkpoint) -> list[
     if not verify_inclusion(index, checkpoint.size, leaf_hash(data), hashes, checkpoint.root):
         raise VerificationError(f"entry {index}: its inclusion proof does not lead to the signed root "
                                 f"{b64(checkpoint.root)}: the entry or the tree was changed")
+    return doc
+
+
+def erased_by(erasures: Iterable[tuple[dict, dict]], checkpoint: Checkpoint) -> dict[int, int]:
+    """Return, for each index whose payload a signed `audit.erasure` entry records erasing, that entry's index.
+
+    `erasures` are (served entry, inclusion proof) pairs; each must prove its inclusion and be an erasure."""
+    found: dict[int, int] = {}
+    for item, proof in erasures:
+        doc = included(item, proof, checkpoint)
+        if doc.get("type") != ERASURE:
+            raise VerificationError(f"entry {item['index']}: served as an erasure, but it is a {doc.get('type')}")
+        for first, last in doc["erased"]["indexes"]:
+            found.update(dict.fromkeys(range(first, last + 1), item["index"]))
+    return found
+
+
+def verify_trail_entry(item: dict, proof: dict, checkpoint: Checkpoint, erased: Mapping[int, int]) -> list[str]:
+    """Check one trail entry against its inclusion proof and the signed root; return remarks, raise on failure.
+
+    A payload may be missing only where `erased` (see erased_by) names the erasure entry that records it:
+    otherwise it was removed behind the erase path's back."""
+    doc, index = included(item, proof, checkpoint), item["index"]
     remarks = []
     payload = item.get("payload")
     if payload:
@@ -126,5 +149,8 @@ def verify_trail_entry(item: dict, proof: dict, checkpoint: Checkpoint) -> list[
             raise VerificationError(f"entry {index}: the payload served does not match the digest in the entry")
         remarks.append("payload matches its digest")
     elif "payload" in doc:
-        remarks.append("payload erased (the entry and its proof remain)")
+        if index not in erased:
+            raise VerificationError(f"entry {index}: its payload is gone, but no audit.erasure entry in the signed "
+                                    "log records erasing it")
+        remarks.append(f"payload erased, recorded by entry {erased[index]} (the entry and its proof remain)")
     return remarks

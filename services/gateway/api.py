@@ -1,5 +1,6 @@
 """The gateway's HTTP API: thin routes over `service.py` (submit, read, follow, acknowledge, forward)."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -12,7 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway import service
 from services.gateway.keycache import KeyCache
-from services.gateway.limits import RateLimiter
+from services.gateway.limits import RateLimiter, SlotStream, StreamSlots
+from services.gateway.ops import FlowHub
 from services.gateway.schemas import (
     AckAccepted, AckRequest, Accepted, AlertPage, AlertStatus, ForwardAccepted, ForwardRequest, Problem, Token,
 )
@@ -106,8 +108,22 @@ def authenticator(keys: KeyCache, limiter: RateLimiter):
     return caller
 
 
-def router(rt: Runtime, authenticate) -> APIRouter:
+def streamer(slots: StreamSlots):
+    """Return how a route answers with Server-Sent Events: in one of the key's stream slots, or 429."""
+
+    def stream(who: Caller, events: AsyncIterator[bytes]) -> StreamingResponse:
+        if not slots.take(who.key_id):
+            raise ApiError(429, "too_many_streams", f"this key already has {slots.per_key} open streams; close one first",
+                           headers={"Retry-After": "15"})
+        return SlotStream(events, release=lambda: slots.give_back(who.key_id), media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return stream
+
+
+def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots) -> APIRouter:
     api = APIRouter(prefix="/v1")
+    stream = streamer(slots)
     Who = Annotated[Caller, Depends(authenticate)]
     IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
                                                   description="makes retries safe: same key + same body → the original answer")]
@@ -170,10 +186,11 @@ def router(rt: Runtime, authenticate) -> APIRouter:
         alert_id: UUID, who: Who,
         until_seconds: Annotated[float, Query(gt=0, le=3600, description="close the stream after this long")] = 600,
     ) -> StreamingResponse:
-        """Follow an alert as Server-Sent Events: a `status` event each time its status view changes."""
+        """Follow an alert as Server-Sent Events: a `status` event each time its status view changes.
+
+        At most `max_streams_per_key` open streams per key (429 above); a stream ends soon after its key is revoked."""
         found = await service.visible_or_404(rt, who, alert_id)
-        return StreamingResponse(service.follow(rt, who, found, until_seconds), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return stream(who, service.follow(rt, hub, who, found, until_seconds))
 
     @api.post("/alerts/{alert_id}/ack", status_code=202, response_model=AckAccepted,
               responses=_problems(401, 403, 404, 409, 422, 429, 503))

@@ -5,10 +5,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from services.gateway import console, ops, ops_api, service
-from services.gateway.api import authenticator, count_refused_submission, install_errors, router
+from services.gateway.api import authenticator, count_refused_submission, install_errors, router, streamer
 from services.gateway.consumer import TOPICS, StatusView
 from services.gateway.keycache import KeyCache
-from services.gateway.limits import BodyLimit, RateLimiter
+from services.gateway.limits import RateLimiter, StreamSlots
 from shared import db
 from shared.alerts import Alert
 from shared.auth import ensure_signing_key
@@ -37,13 +37,14 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
 
     hub, keys = ops.FlowHub(rt), KeyCache(rt)
     rt.workers += [purge_idempotency_keys, hub.run, keys.listener.run]
+    rt.on_body_refused = count_refused_submission
     app = rt.app(description=DESCRIPTION, version="1.0.0")
     authenticate = authenticator(keys, RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst))
-    app.include_router(router(rt, authenticate))
-    app.include_router(ops_api.router(rt, hub, authenticate))
+    slots = StreamSlots(settings.max_streams_per_key)
+    app.include_router(router(rt, authenticate, hub, slots))
+    app.include_router(ops_api.router(rt, hub, authenticate, streamer(slots)))
     console.install(app, rt, hub)
     install_errors(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_refused=count_refused_submission)
     app.openapi = lambda: _openapi(app)
     return rt, app
 

@@ -1,59 +1,14 @@
-"""The gateway's limits: a body-size cap (413) and a per-key token-bucket rate limit (429)."""
+"""The gateway's per-key limits: a token-bucket rate limit (429) and a cap on open streams (429).
+
+The body-size cap (413) is every service's: shared/bodylimit.py."""
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
 
-import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over `max_bytes` with 413 before the app reads any of it.
-
-    The body is read here (bounded), then replayed to the app, so a lying or absent
-    Content-Length cannot slip a larger body through.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int, on_refused: Callable[[Scope, str], None] | None = None) -> None:
-        self.app, self.max_bytes, self.on_refused = app, max_bytes, on_refused
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._too_large(scope, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await self._too_large(scope, send)
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, scope: Scope, send: Send) -> None:
-        if self.on_refused:
-            self.on_refused(scope, "body_too_large")
-        body = orjson.dumps({"code": "body_too_large", "detail": f"the request body exceeds {self.max_bytes} bytes"})
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 
 class RateLimiter:
@@ -77,3 +32,38 @@ class RateLimiter:
     @staticmethod
     def retry_after(wait: float) -> str:
         return str(max(1, math.ceil(wait)))
+
+
+class StreamSlots:
+    """Open Server-Sent Event streams per API key (per gateway instance): at most `per_key` at once."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self.open: dict[str, int] = {}
+
+    def take(self, key: str) -> bool:
+        if self.open.get(key, 0) >= self.per_key:
+            return False
+        self.open[key] = self.open.get(key, 0) + 1
+        return True
+
+    def give_back(self, key: str) -> None:
+        left = self.open.get(key, 0) - 1
+        if left > 0:
+            self.open[key] = left
+        else:
+            self.open.pop(key, None)
+
+
+class SlotStream(StreamingResponse):
+    """A stream that gives its slot back however it ends: finished, client gone, or service stopping."""
+
+    def __init__(self, *args, release: Callable[[], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -188,6 +188,7 @@ class FlowHub:
         self.listener = Listener(rt, "live flow", {FLOW_CHANNEL: self._notified})
         self.pending: set[UUID] = set()
         self.changed = asyncio.Event()
+        self.watchers: dict[UUID, set[asyncio.Event]] = {}  # per-alert streams: woken when their alert changes
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict]]:
@@ -198,9 +199,24 @@ class FlowHub:
         finally:
             self.subscribers.discard(queue)
 
+    @contextlib.contextmanager
+    def watch(self, alert_id: UUID) -> Iterator[asyncio.Event]:
+        """Yield an event that is set each time the alert's status view changes (no lookup here)."""
+        event = asyncio.Event()
+        self.watchers.setdefault(alert_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            self.watchers[alert_id].discard(event)
+            if not self.watchers[alert_id]:
+                del self.watchers[alert_id]
+
     def _notified(self, payload: str) -> None:
+        alert_id = UUID(payload)
+        for event in self.watchers.get(alert_id, ()):
+            event.set()
         if self.subscribers:
-            self.pending.add(UUID(payload))
+            self.pending.add(alert_id)
             self.changed.set()
 
     async def fan_out(self) -> None:
@@ -233,7 +249,6 @@ class FlowHub:
 
 
 Allowed = Callable[[], Awaitable[bool]]
-RECHECK_SECONDS = 15.0  # how often a stream checks that its caller may still read it
 
 
 async def sse(hub: FlowHub, f: Filters, until_seconds: float, allowed: Allowed,
@@ -244,16 +259,16 @@ async def sse(hub: FlowHub, f: Filters, until_seconds: float, allowed: Allowed,
     no change after it. Ends at the deadline, when the service stops, or as soon as a periodic
     check finds the caller's key revoked or its session over.
     """
-    loop = asyncio.get_running_loop()
+    loop, recheck = asyncio.get_running_loop(), hub.rt.settings.stream_recheck_seconds
     until, checked = loop.time() + until_seconds, loop.time()
     async with hub.subscribe() as queue:
         yield b"retry: 1000\n\n"
         while (left := until - loop.time()) > 0 and not hub.rt.stopping.is_set():
             try:
-                summary = await asyncio.wait_for(queue.get(), timeout=min(left, RECHECK_SECONDS))
+                summary = await asyncio.wait_for(queue.get(), timeout=min(left, recheck))
             except asyncio.TimeoutError:
                 summary = None
-            if loop.time() - checked >= RECHECK_SECONDS:
+            if loop.time() - checked >= recheck:
                 if not await allowed():
                     return
                 checked = loop.time()

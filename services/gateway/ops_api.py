@@ -21,7 +21,7 @@ from shared.service import Runtime
 Text = Annotated[str | None, Query(max_length=64)]
 
 
-def router(rt: Runtime, hub: ops.FlowHub, authenticate) -> APIRouter:
+def router(rt: Runtime, hub: ops.FlowHub, authenticate, open_stream) -> APIRouter:
     api = APIRouter(prefix="/v1/ops", tags=["operations"])
 
     async def operator(who: Annotated[Caller, Depends(authenticate)]) -> Caller:
@@ -61,15 +61,14 @@ def router(rt: Runtime, hub: ops.FlowHub, authenticate) -> APIRouter:
                      until_seconds: Annotated[float, Query(gt=0, le=3600)] = 3600) -> StreamingResponse:
         """Server-Sent Events: `event: alert` with a summary each time a matching alert appears or changes.
 
-        The stream ends after `until_seconds` (reconnect for more), and soon after the key is revoked."""
+        The stream ends after `until_seconds` (reconnect for more), and soon after the key is revoked. It
+        takes one of the key's `max_streams_per_key` stream slots (429 when none is free)."""
         async def allowed() -> bool:
             async with rt.sessions() as session:
                 key = await repository.get_key(session, who.key_id)
             return key is not None and key["revoked_at"] is None and Role.OPERATOR.value in key["roles"]
 
-        events = ops.sse(hub, f, until_seconds, allowed, lambda s: b"event: alert\ndata: %s\n\n" % _dumps(s))
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return open_stream(who, ops.sse(hub, f, until_seconds, allowed, lambda s: b"event: alert\ndata: %s\n\n" % _dumps(s)))
 
     return api
 

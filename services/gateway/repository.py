@@ -212,14 +212,17 @@ async def forwards_of(session: AsyncSession, alert_id: UUID) -> list[dict]:
 
 
 async def list_alerts(
-    session: AsyncSession, *, agency: str | None, box: str, filters: dict, after: UUID | None, limit: int,
+    session: AsyncSession, *, agency: str | None, boxes: set[str], sender: bool, filters: dict, after: UUID | None,
+    limit: int,
 ) -> list[dict]:
-    """Return alerts newest first: those `agency` sent (box 'sent'), received ('received') or either."""
-    received = exists().where(recipients.c.alert_id == alerts.c.alert_id, recipients.c.agency == agency)
+    """Return alerts newest first: every alert (`agency` None), or those `agency` sent (in `boxes`:
+    'sent') or received ('received'; for a `sender`, only those it did not send itself)."""
     query = select(alerts.c.alert_id, alerts.c.thread_id, alerts.c.sender_agency, alerts.c.received_at, alerts.c.alert)
     if agency is not None:
         sent = alerts.c.sender_agency == agency
-        query = query.where({"sent": sent, "received": and_(~sent, received)}.get(box, or_(sent, received)))
+        received = exists().where(recipients.c.alert_id == alerts.c.alert_id, recipients.c.agency == agency)
+        received = and_(~sent, received) if sender else received
+        query = query.where(or_(*[{"sent": sent, "received": received}[b] for b in sorted(boxes)]))
     for name, value in filters.items():
         query = query.where(alerts.c.alert[name].astext == value)
     if after is not None:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway import repository
+from services.gateway.ops import FlowHub
 from services.gateway.schemas import AlertStatus
 from shared import topics, tracing
 from shared.alerts import Alert, MsgType
@@ -429,14 +430,20 @@ def dumps(value: object) -> bytes:
 
 
 async def list_alerts(rt: Runtime, caller: Caller, *, box: str, filters: dict, after: UUID | None, limit: int) -> dict:
-    """Return one page of the alerts the caller's agency sent or received (operators/auditors: all)."""
+    """Return one page of the alerts the caller may read one by one (`visible`): those its agency sent
+    if the key may submit, those it received if the key may receive; operators and auditors: all."""
     oversight = caller.has(Role.OPERATOR, Role.AUDITOR)
+    boxes = set() if oversight else {b for b, role in (("sent", Role.SUBMIT), ("received", Role.RECEIVE)) if caller.has(role)}
+    if box != "all":
+        boxes &= {box}
     async with rt.sessions() as session:
-        rows = await repository.list_alerts(session, agency=None if oversight else caller.agency, box=box, filters=filters,
-                                            after=after, limit=limit + 1)
+        rows = await repository.list_alerts(
+            session, agency=None if oversight else caller.agency, boxes=boxes, sender=caller.has(Role.SUBMIT),
+            filters=filters, after=after, limit=limit + 1) if oversight or boxes else []
     items = [{
         "id": r["alert_id"], "thread_id": r["thread_id"], "sender_agency": r["sender_agency"], "received_at": r["received_at"],
-        "relation": "sender" if r["sender_agency"] == caller.agency else "oversight" if oversight else "recipient",
+        "relation": "sender" if r["sender_agency"] == caller.agency and caller.has(Role.SUBMIT)
+        else "oversight" if oversight else "recipient",
         "msg_type": r["alert"].get("msg_type", "alert"), "category": r["alert"]["category"],
         "severity": r["alert"]["severity"], "headline": r["alert"]["headline"],
     } for r in rows[:limit]]
@@ -456,25 +463,44 @@ def encode_cursor(alert_id: UUID) -> str:
     return base64.urlsafe_b64encode(alert_id.bytes).rstrip(b"=").decode()
 
 
-async def follow(rt: Runtime, caller: Caller, found: Visible, until_seconds: float, poll: float = 0.25) -> AsyncIterator[bytes]:
+async def follow(rt: Runtime, hub: FlowHub, caller: Caller, found: Visible, until_seconds: float) -> AsyncIterator[bytes]:
     """Yield Server-Sent Events: the status view whenever it changes, until the deadline.
 
-    It reads the shared status tables, so it works whichever gateway instance consumed the events.
+    Driven by the status consumer's NOTIFY (ops.FlowHub), so an idle stream costs no query; every
+    `stream_recheck_seconds` it also re-reads the view (a notification lost with a dropped LISTEN
+    connection is caught up) and checks that the key is still valid, ending the stream if not.
     """
-    deadline = asyncio.get_running_loop().time() + until_seconds
+    loop, recheck = asyncio.get_running_loop(), rt.settings.stream_recheck_seconds
+    alert_id = found.row["alert_id"]
+    deadline, checked = loop.time() + until_seconds, loop.time()
     last, n = None, 0
-    yield b"retry: 1000\n\n"
-    while asyncio.get_running_loop().time() < deadline:
-        async with rt.sessions() as session:
-            now = await visible(session, caller, found.row["alert_id"])
-        if now is None:  # e.g. the key was revoked meanwhile
-            return
-        current = dumps(await status_view(rt, now))
-        if current != last:
-            n += 1
-            last = current
-            yield b"id: %d\nevent: status\ndata: %s\n\n" % (n, current)
-        await asyncio.sleep(poll)
+    with hub.watch(alert_id) as changed:
+        yield b"retry: 1000\n\n"
+        while True:
+            changed.clear()
+            async with rt.sessions() as session:
+                if loop.time() - checked >= recheck:
+                    key = await repository.get_key(session, caller.key_id)
+                    if key is None or key["revoked_at"] is not None:
+                        return
+                    checked = loop.time()
+                now = await visible(session, caller, alert_id)
+            if now is None:
+                return
+            current = dumps(await status_view(rt, now))
+            if current != last:
+                n += 1
+                last = current
+                yield b"id: %d\nevent: status\ndata: %s\n\n" % (n, current)
+            else:
+                yield b": keep-alive\n\n"  # also how a closed client is noticed
+            left = deadline - loop.time()
+            if left <= 0 or rt.stopping.is_set():
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=min(left, recheck))
+            except asyncio.TimeoutError:
+                pass
 
 
 # --- keys ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Each returns an `Outcome` (and for webhooks a response excerpt); nothing here de
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from email.message import EmailMessage
 from urllib.parse import unquote, urlsplit
 
@@ -12,6 +13,7 @@ import aiohttp
 import aiosmtplib
 import orjson
 
+from services.notifier import egress
 from services.notifier.retry import RETRY_AFTER_STATUSES, Outcome, parse_retry_after
 from shared.cap import MEDIA_TYPE as CAP_MEDIA_TYPE
 from shared.cap import render_cap
@@ -53,6 +55,10 @@ async def post_webhook(http: aiohttp.ClientSession, url: str, body: str, headers
             return Outcome(response.status, retry_after=retry_after, location=response.headers.get("Location")), excerpt
     except asyncio.TimeoutError:
         return Outcome(None, error="timeout: no complete answer within the per-attempt limit"), None
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, egress.Refused):  # the name resolved to an internal address at connect time
+            return Outcome(None, error=str(exc.os_error)), None
+        return Outcome(None, error=f"{type(exc).__name__}: {exc}"[:500]), None
     except (aiohttp.ClientError, OSError, ValueError) as exc:  # refused, unreachable, garbage instead of HTTP
         return Outcome(None, error=f"{type(exc).__name__}: {exc}"[:500]), None
 
@@ -70,12 +76,21 @@ def email_address(url: str) -> str:
     return unquote(urlsplit(url).path)
 
 
+def one_line(text: str) -> str:
+    """Return `text` fit for an e-mail header: every control character (CR and LF included, which would
+    start a header of the sender's choosing) becomes a space, and runs of white space one space."""
+    return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in text).split())
+
+
 async def send_email(settings: Settings, row: dict, body: str, headers: dict[str, str]) -> Outcome:
     """Send the alert as an e-mail; the webhook headers ride along so a mail gateway can verify them."""
+    address = email_address(row["url"])
+    if one_line(address) != address:
+        return Outcome(None, error="refused address: the e-mail address holds control characters or spaces")
     message = EmailMessage()
     message["From"] = settings.smtp_sender
-    message["To"] = email_address(row["url"])
-    message["Subject"] = f"BLOnet alert: {_headline(row['body'])}"
+    message["To"] = address
+    message["Subject"] = one_line(f"BLOnet alert: {_headline(row['body'])}")
     message["Message-ID"] = f"<{row['delivery_id']}@{settings.node_id}>"  # stable across retries, like webhook-id
     for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
         message[f"X-{name}"] = headers[name]
@@ -96,4 +111,4 @@ async def send_email(settings: Settings, row: dict, body: str, headers: dict[str
 
 def _headline(view: dict) -> str:
     alert = view.get("alert") if isinstance(view.get("alert"), dict) else view
-    return str(alert.get("headline") or alert.get("category") or "new alert")[:150]
+    return one_line(str(alert.get("headline") or alert.get("category") or "new alert"))[:150]

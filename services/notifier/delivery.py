@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
+from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook
 
-from services.notifier import channels, repository
+from services.notifier import channels, egress, repository
 from services.notifier.breaker import (Bucket, Circuit, CircuitState, bucket_take, bucket_wait, circuit_after, circuit_allows,
                                       circuit_blocked, circuit_report)
 from services.notifier.retry import Outcome, judge
@@ -84,11 +85,13 @@ class Deliverer:
         self.rates: dict[str, float] = {}
         self.http: aiohttp.ClientSession | None = None
         self.attempt_log = AttemptLog(runtime)
+        self.allowed = egress.allow_list(runtime.settings)
 
     async def run(self) -> None:
         """Claim due deliveries until the service stops; wakes at once when new ones are stored."""
         timeout = aiohttp.ClientTimeout(total=self.rt.settings.webhook_timeout_seconds)
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        # The resolver refuses internal addresses too: a name cannot resolve to one after the check.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, resolver=egress.GuardedResolver(self.allowed))
         writer = asyncio.create_task(self.attempt_log.run(), name="attempt-log")
         try:
             await self._run(timeout, connector)
@@ -100,7 +103,12 @@ class Deliverer:
             while not self.rt.stopping.is_set():
                 self.wake.clear()  # before claiming: a wake-up during the claim must not be lost
                 if len(self._busy) < MAX_ENDPOINTS_IN_FLIGHT:
-                    claimed = await self._claim()
+                    try:
+                        claimed = await self._claim()
+                    except (OSError, SQLAlchemyError) as exc:  # the database is away: an outage to wait out, not an end
+                        log.warning("claiming deliveries failed (%s); trying again in 1 s", type(exc).__name__)
+                        await asyncio.sleep(1)
+                        continue
                     for endpoint, (rows, state) in claimed.items():
                         self._busy.add(endpoint)
                         task = asyncio.create_task(self._deliver_all(endpoint, rows, state))
@@ -189,9 +197,22 @@ class Deliverer:
             self.wake.set()
 
     async def _send(self, row: dict, secrets: list[str], started: datetime) -> tuple[Outcome, str | None]:
+        """Make one send; whatever goes wrong in it is a failed attempt, retried on the schedule. (An
+        exception let out would kill the endpoint's worker and leave the row leased, claimed again and
+        again, never dead-lettered.) Only the exception's type is kept: its text may quote the alert."""
+        try:
+            return await self._send_checked(row, secrets, started)
+        except Exception as exc:
+            log.error("delivery attempt failed inside BLOnet", extra={"endpoint": row["endpoint"], "error": type(exc).__name__})
+            return Outcome(None, error=f"internal error: {type(exc).__name__} while preparing or sending"), None
+
+    async def _send_checked(self, row: dict, secrets: list[str], started: datetime) -> tuple[Outcome, str | None]:
+        email = row["url"].startswith("mailto:")
+        refused = None if email else await egress.check(row["url"], self.allowed)
+        if refused:  # no connection made, so no response bytes from the refused host either
+            return Outcome(None, error=refused), None
         body, content_type = channels.render_body(row, self.rt.settings.node_id)
         headers = signed_headers(secrets, str(row["delivery_id"]), body, started, content_type)
-        email = row["url"].startswith("mailto:")
         # A CLIENT span per attempt (tracing on), child of the stored context; the recipient gets its traceparent.
         attributes = tracing.attempt_attributes(row, email)
         with tracing.client_span("send email" if email else "POST", row["traceparent"], attributes) as span:

@@ -1,4 +1,7 @@
-"""Real Kafka and PostgreSQL for the integration tests, and the services as real processes."""
+"""Helpers for the tests on the real stack: starting it, sessions, keys, services as real processes.
+
+The session fixtures built from them (settings, inbox, services) are in tests/fixtures.py, so the
+integration tests and the adversarial suite (tests/security) share one stack and one set of services."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,14 +17,11 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from demo.inbox import Inbox, serve
 from services.gateway import repository as gateway_repo
-from services.notifier import repository as notifier_repo
-from services.routing.network import load_network
-from shared import db, topics
+from shared import db
+from shared.auth import Role, hash_api_key, new_api_key
 from shared.kafka import DEADLETTER_MAX_BYTES
-from shared.auth import Role, ensure_signing_key, hash_api_key, new_api_key
-from shared.settings import REPO, Settings, get_settings
+from shared.settings import REPO, Settings
 from tests.conftest import APP_ENV, STACK_ENV
 
 INBOX_PORT = int(APP_ENV["BLONET_DEMO_INBOX_PORT"])
@@ -45,24 +44,6 @@ def network_dir(tmp: Path, inbox_port: int = INBOX_PORT) -> Path:
     (tmp / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
     (tmp / "rules.yaml").write_text((REPO / "deploy/network/rules.yaml").read_text())
     return tmp
-
-
-@pytest.fixture(scope="session")
-async def settings(tmp_path_factory) -> AsyncIterator[Settings]:
-    start_stack()
-    os.environ["BLONET_NETWORK_DIR"] = str(network_dir(tmp_path_factory.mktemp("network")))
-    get_settings.cache_clear()
-    s = get_settings()
-    ensure_signing_key(s)
-    await db.bootstrap(s)
-    for service in db.SERVICES:
-        await db.migrate(s, service)
-    await topics.create_topics(s)
-    yield s
-    await db.drop_database(s)
-    # Every topic of this run, the extra prefixes some tests use included: a test stack that
-    # keeps them grows by ~70 partitions a run until the broker takes minutes to start.
-    await topics.delete_topics(s, s.topic_prefix)
 
 
 async def in_session(settings: Settings, service: str, work):
@@ -99,17 +80,6 @@ async def make_key(settings: Settings, agency: str, *roles: Role) -> str:
     await in_session(settings, "gateway", lambda s: gateway_repo.add_key(
         s, key_id=key_id, agency=agency, roles=list(roles), key_hash=hash_api_key(key), label="test"))
     return key
-
-
-@pytest.fixture(scope="session")
-async def inbox(settings) -> AsyncIterator[Inbox]:
-    directory = load_network(settings.network_dir).directory
-    await in_session(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, {e.id for e in directory.endpoints}))
-    found = await in_session(settings, "notifier", notifier_repo.secrets_by_endpoint)
-    box = Inbox(secrets=lambda: found)
-    runner = await serve(box, INBOX_PORT)
-    yield box
-    await runner.cleanup()
 
 
 class Process:
@@ -152,19 +122,3 @@ async def wait_ready(port: int, proc: Process, timeout: float = 60) -> None:
 
 def start_service(name: str, log_dir: Path, env: dict | None = None, suffix: str = "") -> Process:
     return Process(f"{name}{suffix}", [sys.executable, "-m", f"services.{name}"], log_dir, env)
-
-
-@pytest.fixture(scope="session")
-async def services(settings, inbox, tmp_path_factory) -> AsyncIterator[dict[str, Process]]:
-    """The four services as separate processes, sharing the test stack."""
-    log_dir = tmp_path_factory.mktemp("logs")
-    procs = {name: start_service(name, log_dir) for name in db.SERVICES}
-    try:
-        for name, proc in procs.items():
-            await wait_ready(getattr(settings, f"{name}_port"), proc)
-        yield procs
-    finally:
-        codes = {name: proc.stop() for name, proc in procs.items()}
-        # uvicorn re-raises the signal after a graceful shutdown, so -SIGTERM is a clean exit.
-        bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM) or "service stopped" not in procs[n].tail(5)}
-        assert not bad, f"services did not stop cleanly: {bad}\n" + "\n".join(procs[n].tail(20) for n in bad)

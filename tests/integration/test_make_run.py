@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -61,6 +62,7 @@ def test_make_run_shows_the_scenario_and_stops_cleanly(tmp_path):
             assert "not_on_route" in text and "Where to look" in text
             assert_console_shows_the_scenario(text)
             assert_trail_before_the_first_checkpoint(text)
+            assert_a_killed_service_is_restarted(log, env)
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
             # make re-raises SIGINT once its recipe has finished: that is how a clean Ctrl-C ends.
             assert proc.wait(120) in (0, -signal.SIGINT), log.read_text()[-3000:]
@@ -108,3 +110,33 @@ def assert_trail_before_the_first_checkpoint(text: str) -> None:
             assert "trail-failed" not in html and "422" not in html and "greater_than_equal" not in html, html
         finally:
             browser.close()
+
+
+def assert_a_killed_service_is_restarted(log, env: dict) -> None:
+    """kill -9 of a service is a blip: `blonet run` says so, restarts it, and it is ready again."""
+    port = env["BLONET_ROUTING_PORT"]
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_service(p, "routing", port)]
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while "routing exited with code -9; restarting it in 1 s (restart 1)" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "routing did not come back:\n" + log.read_text()[-3000:]
+        time.sleep(0.3)
+
+
+def _is_service(proc: Path, name: str, port: str) -> bool:
+    try:
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:  # gone meanwhile, or not ours to read
+        return False
+    return f"services.{name}".encode() in cmdline and f"BLONET_{name.upper()}_PORT={port}".encode() in environ

@@ -118,7 +118,7 @@ class FakeHub:
     """What ops.sse needs of a FlowHub: a subscription queue and the service's stopping flag."""
 
     def __init__(self) -> None:
-        self.rt = SimpleNamespace(stopping=asyncio.Event())
+        self.rt = SimpleNamespace(stopping=asyncio.Event(), settings=SimpleNamespace(stream_recheck_seconds=15.0))
         self.queue: asyncio.Queue = asyncio.Queue()
 
     @contextlib.asynccontextmanager
@@ -149,9 +149,9 @@ async def test_a_stream_sends_only_matching_alerts_and_ends_at_its_deadline():
     assert [c for c in out if not c.startswith(b": keep-alive")] == [b"retry: 1000\n\n", b"kg-sbs", b"uz-sbs"]
 
 
-async def test_a_stream_ends_once_its_caller_may_no_longer_read_it(monkeypatch):
-    monkeypatch.setattr(ops, "RECHECK_SECONDS", 0.05)
+async def test_a_stream_ends_once_its_caller_may_no_longer_read_it():
     hub, checks = FakeHub(), []
+    hub.rt.settings.stream_recheck_seconds = 0.05
 
     async def allowed():
         checks.append(1)

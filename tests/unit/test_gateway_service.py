@@ -13,7 +13,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from demo.scenario import SCENARIO
-from services.gateway.limits import BodyLimit, RateLimiter
+from services.gateway.limits import RateLimiter
+from shared.bodylimit import BodyLimit
 from services.gateway.service import ApiError, Caller, Submission, check_submission, decode_cursor, decode_submission, encode_cursor
 from shared.alerts import Alert
 from shared.auth import Principal, Role

@@ -13,9 +13,8 @@ from uuid import UUID
 
 import orjson
 
-from services.audit import keys
 from services.audit.note import NoteError, VerifierKey
-from services.audit.verify import VerificationError, open_signed, verify_trail_entry
+from services.audit.verify import VerificationError, erased_by, open_signed, verify_trail_entry
 from services.gateway.console.upstream import Upstream, UpstreamError
 from services.gateway.console.web import Problem, problem
 from shared.auth import Principal
@@ -39,11 +38,19 @@ class Trail:
     error: Problem | None = None  # what the page says instead of the entries
 
 
+class NoVerifierKey(Exception):
+    """No verifier key is configured: the console marks nothing verified."""
+
+
 def verifier_key(settings: Settings) -> VerifierKey:
-    """The log's public verifier key: configured, or as audit published it. Never its signing key."""
-    if settings.audit_verifier_key:
-        return VerifierKey.parse(settings.audit_verifier_key)
-    return VerifierKey.parse(keys.vkey_file(settings).read_text())
+    """The log's public verifier key, pinned in the configuration (BLONET_AUDIT_VERIFIER_KEY).
+
+    Never read from the file the audit service publishes: whoever could rewrite that file (the audit
+    service, or anyone holding its host) could then sign checkpoints the console calls verified."""
+    if not settings.audit_verifier_key:
+        raise NoVerifierKey("no verifier key configured: set BLONET_AUDIT_VERIFIER_KEY to the log's vkey "
+                            "(`blonet audit vkey`) for the verified mark")
+    return VerifierKey.parse(settings.audit_verifier_key)
 
 
 def _summary(fields: dict) -> str:
@@ -73,7 +80,9 @@ async def verified_trail(up: Upstream, who: Principal, alert_id: UUID) -> Trail:
             return Trail(error=problem("audit", note.status, note.detail()))
         try:
             checkpoint = open_signed(note.body, verifier_key(up.settings), "the latest checkpoint")
-        except (VerificationError, NoteError, OSError) as exc:
+        except NoVerifierKey:
+            return Trail(error=("trail.no_verifier_key", {}))
+        except (VerificationError, NoteError) as exc:
             return Trail(error=("trail.checkpoint_bad", {"detail": str(exc)}))
         proofs = {"tree_size": checkpoint.size} if checkpoint.size else {}
         found = await up.get(who, "audit", f"/v1/trail/{alert_id}", **proofs)
@@ -84,13 +93,17 @@ async def verified_trail(up: Upstream, who: Principal, alert_id: UUID) -> Trail:
     if not found.ok:
         return Trail(error=problem("audit", found.status, found.detail()))
     trail = Trail(checkpoint_size=checkpoint.size)
+    try:
+        erased = erased_by(((e, e["proof"]) for e in found.body.get("erasures", []) if "proof" in e), checkpoint)
+    except (VerificationError, KeyError, TypeError, ValueError) as exc:
+        return Trail(error=("trail.erasures_bad", {"detail": str(exc)}))
     for item in found.body["entries"]:
         entry = _shown(item)
         if entry.status != "failed" and item["index"] < checkpoint.size:
             try:
                 if "proof" not in item:
                     raise VerificationError("no inclusion proof was given")
-                entry.remark = "; ".join(verify_trail_entry(item, item["proof"], checkpoint))
+                entry.remark = "; ".join(verify_trail_entry(item, item["proof"], checkpoint, erased))
                 entry.status = "verified"
             except VerificationError as exc:
                 entry.status, entry.remark = "failed", str(exc)
