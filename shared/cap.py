@@ -18,7 +18,7 @@ from importlib import resources
 from lxml import etree
 from pydantic import ValidationError
 
-from shared.alerts import Alert, Category, MsgType, Status, Tlp
+from shared.alerts import Alert, Category, MsgType, Status, Tlp, control_character
 
 NS = "urn:oasis:names:tc:emergency:cap:1.2"
 DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -149,6 +149,9 @@ def parse_cap(data: bytes) -> CapMessage:
     """Parse CAP 1.2 XML into BLOnet's model; raise CapError with a reason for anything refused."""
     root = parse_xml(data)
     sender, identifier = _text(root, "sender") or "", _text(root, "identifier") or ""
+    for name, value in (("sender", sender), ("identifier", identifier)):
+        if problem := control_character(value):  # XML 1.0 lets C1 controls through
+            raise CapError("cap_mapping", f"{name}: {problem}")
     sent = _time(_text(root, "sent"))
     msg_type = _text(root, "msgType") or "Alert"
     if msg_type in ("Ack", "Error"):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.gateway import console, ops, ops_api, service
 from services.gateway.api import authenticator, count_refused_submission, install_errors, router, streamer
@@ -27,7 +26,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt = Runtime("gateway", settings.gateway_port, settings)
     # Every request touches the database 2–3 times: a wider pool, and no pre-ping round trip per checkout
     # (a dead connection fails that one request, which the client retries safely with its Idempotency-Key).
-    rt.engine = create_async_engine(db.service_url(settings, "gateway"), pool_size=30, max_overflow=10, pool_recycle=300)
+    rt.engine = db.make_engine(settings, "gateway", pool_size=30)
     rt.sessions = db.make_sessionmaker(rt.engine)
     # Kafka itself gives up on a record at the accept deadline: a 503 is never followed by the alert landing.
     rt.producer_timeout_ms = int(settings.accept_timeout_seconds * 1000)

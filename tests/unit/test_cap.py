@@ -226,3 +226,11 @@ def test_render_then_parse_is_the_identity(alert, sent):
     if alert.tlp is Tlp.RED and not alert.addressees:
         expected = alert.model_copy(update={"addressees": ["kg-moi"]})  # Private scope names the recipient
     assert back == expected
+
+
+@pytest.mark.parametrize("where", ["headline", "description", "identifier", "sender"])
+def test_control_characters_are_refused_naming_the_field(where):
+    doc = cap(ALERT).decode().replace(f"<{where}>", f"<{where}>X\u0085", 1)  # NEL: C1, and legal in XML 1.0
+    with pytest.raises(CapError) as caught:
+        parse_cap(doc.encode())
+    assert where in str(caught.value) and "control character" in str(caught.value)
