@@ -96,18 +96,6 @@ class Agreement(_Strict):
         return self.valid_from <= day and (self.valid_to is None or day <= self.valid_to)
 
 
-def _overlapping_agreements(agreements: tuple[Agreement, ...]) -> list[str]:
-    """Two agreements between the same parties in force on the same day make the policy ambiguous."""
-    problems = []
-    for i, a in enumerate(agreements):
-        for b in agreements[i + 1:]:
-            if set(a.parties) == set(b.parties):
-                a_end, b_end = a.valid_to or date.max, b.valid_to or date.max
-                if a.valid_from <= b_end and b.valid_from <= a_end:
-                    problems.append(f"agreements {a.id} and {b.id}: same parties with overlapping validity")
-    return problems
-
-
 class Directory(_Strict):
     countries: tuple[str, ...]
     agencies: tuple[Agency, ...]
@@ -143,7 +131,6 @@ class Directory(_Strict):
             problems += [f"agreement {ag.id}: unknown party {c}" for c in ag.parties if c not in self.countries]
             if ag.valid_to and ag.valid_to < ag.valid_from:
                 problems.append(f"agreement {ag.id}: valid_to is before valid_from")
-        problems += _overlapping_agreements(self.agreements)
         by_id = {p.id: p for p in self.posts}
         for p in self.posts:
             other = by_id.get(p.counterpart) if p.counterpart else None
@@ -153,6 +140,9 @@ class Directory(_Strict):
                 problems.append(f"post {p.id}: counterpart {other.id} must face it across the same border segment")
         ids = [x.id for x in (*self.agencies, *self.posts, *self.endpoints, *(u for _, u in self.units()))]
         problems += [f"id {i} is used twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
+        # Agreements may overlap (routing decides over all in force), but each id names one legal basis.
+        agreement_ids = [ag.id for ag in self.agreements]
+        problems += [f"agreement id {i} is used twice" for i in sorted({i for i in agreement_ids if agreement_ids.count(i) > 1})]
         if problems:
             raise ValueError("; ".join(problems))
         return self

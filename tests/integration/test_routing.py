@@ -200,3 +200,36 @@ async def test_explain_under_a_candidate_compare_it_read_any_version_and_roll_ba
         assert [(h["hash"], h["source"]) for h in after["history"][:2]] == [
             (active["ruleset_hash"], "api"), (changed["ruleset_hash"], "api")]
         assert after["history"][0]["by"].startswith("key:")
+
+
+async def test_bilateral_and_trilateral_agreements_over_one_border(settings, services, inbox):
+    """The demo's KG–UZ bilateral protocol (listed first, no personal data) and the KG–UZ–TJ trilateral
+    on wanted persons (personal data allowed): each view crosses under the agreement that covers it."""
+    key = await make_key(settings, "kg-sbs", Role.SUBMIT)
+    gw = f"http://127.0.0.1:{settings.gateway_port}/v1/alerts"
+    wanted = {**SCENARIO, "category": "wanted_person", "addressees": ["uz-sbs-dustlik", "tj-bs-kyzyl-art"],
+              "personal_data": {"names": ["A. Example"]}}
+    risk = {**wanted, "category": "general_risk", "addressees": ["uz-sbs-dustlik"]}
+    ids = {}
+    async with aiohttp.ClientSession() as http:
+        for name, body in (("wanted", wanted), ("risk", risk)):
+            async with http.post(gw, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+                assert r.status == 202, await r.text()
+                ids[name] = (await r.json())["id"]
+        await wait_for(lambda: asyncio.sleep(0, all(received(inbox, ep, ids["wanted"]) for ep in ("ep-uz-sbs-dustlik", "ep-tj-bs-kyzyl-art"))
+                                                and received(inbox, "ep-uz-sbs-dustlik", ids["risk"])))
+        operator = await token_for(settings, http, "unodc", Role.OPERATOR)
+        decided = {}
+        for name, alert_id in ids.items():
+            async with http.get(f"http://127.0.0.1:{settings.routing_port}/v1/decisions/{alert_id}", headers=operator) as r:
+                decided[name] = {x["unit"]: x for x in (await r.json())[0]["decision"]["recipients"]}
+    # Only the trilateral covers wanted persons: both neighbours get the name under it.
+    for unit, ep in (("uz-sbs-dustlik", "ep-uz-sbs-dustlik"), ("tj-bs-kyzyl-art", "ep-tj-bs-kyzyl-art")):
+        assert decided["wanted"][unit]["agreement"] == "kg-uz-tj-wanted-2016"
+        assert decided["wanted"][unit]["basis"] == "the only agreement in force that covers it"
+        assert received(inbox, ep, ids["wanted"])[0]["alert"]["personal_data"] == {"names": ["A. Example"], "document_numbers": [], "vehicle_plates": []}
+    # Only the bilateral covers general risks, and it forbids personal data: the name stays home.
+    assert decided["risk"]["uz-sbs-dustlik"]["agreement"] == "kg-uz-blo-2015"
+    body = received(inbox, "ep-uz-sbs-dustlik", ids["risk"])[0]
+    assert "personal_data" not in body["alert"] and body["redacted"] == ["personal_data"]
+    assert decided["wanted"]["kg-moi-dostuk"]["agreement"] is None, "no border, no agreement"
