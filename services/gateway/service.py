@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.gateway import repository
 from services.gateway.schemas import AlertStatus
 from shared import topics, tracing
-from shared.alerts import Alert, MsgType
+from shared.alerts import Alert
 from shared.auth import Principal, Role
 from shared.cap import CapError, CapMessage, format_time, keyed_uuid7, parse_cap, render_cap
 from shared.events import AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, Envelope, Payload
@@ -153,7 +153,12 @@ async def visible_or_404(rt: Runtime, caller: Caller, alert_id: UUID) -> Visible
 
 
 async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | None:
-    """Return the thread an update/cancel belongs to, refusing references the caller never saw."""
+    """Return the thread a message referencing earlier alerts joins, refusing references the caller never saw.
+
+    Only the sender agency may attach messages to its thread, whatever their msg_type: a message
+    joining another agency's thread would reach its recipients as if named explicitly. A
+    recipient replies by forward or acknowledgement.
+    """
     if not alert.references:
         return None
     threads = []
@@ -162,8 +167,9 @@ async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | No
             seen = await visible(session, caller, ref)
             if seen is None:
                 raise ApiError(422, "unknown_reference", f"references: unknown alert {ref}")
-            if alert.msg_type is not MsgType.ALERT and seen.row["sender_agency"] != caller.agency:
-                raise ApiError(403, "not_sender", f"only {seen.row['sender_agency']} may update or cancel alert {ref}")
+            if seen.row["sender_agency"] != caller.agency:
+                raise ApiError(403, "not_sender", f"only {seen.row['sender_agency']} may add to the thread of alert {ref}; "
+                                                  "reply by forward or acknowledgement")
             threads.append(seen.row["thread_id"])
     return threads[0]
 

@@ -156,9 +156,13 @@ def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive:
     sender = net.agencies.get(alert.sender_agency)
     if sender is None:
         return _collect([], kind, net, note=f"unknown sender agency {alert.sender_agency}: routed to no one")
+    owner = thread.original.sender_agency if thread.original else sender.id
+    if owner != sender.id:  # a recipient replies by forward or ack; its own message may not widen the thread
+        return _collect([], kind, net, note=f"only {owner}, the thread's sender agency, may add to its thread: routed to no one")
     prior = _prior(net, thread)
-    if alert.msg_type is MsgType.CANCEL:  # a cancel reaches exactly those who hold the thread
-        return _collect(list(thread.recipients), kind, net, note=None if prior else "nobody received this thread: nothing to cancel")
+    if alert.msg_type is MsgType.CANCEL:  # a cancel reaches only those who hold the thread, shaped from its own content
+        return _collect([admit(alert, sender, c, net, now, {}) for c in prior], kind, net,
+                        note=None if prior else "nobody received this thread: nothing to cancel")
     keys = alert_keys(alert, sender)
     rules = walk_naive(net.network.rules.rules, keys) if naive else walk_indexed(net.root, keys)
     denied_by_rule = {name: rule.deny_reason or f"rule {rule.id} denies it" for rule in rules for name in rule.deny}

@@ -292,3 +292,32 @@ def test_choice_order(agreements, changes, chosen):
 ])
 def test_refusal_names_every_agreement_considered(agreements, changes, code, words):
     assert choose(agreements, alert(**changes), date(2017, 5, 15)) == Refusal(code, words)
+
+
+# --- every message of a thread is shaped from its own content; only the sender agency extends its thread ---
+
+def test_a_cancel_is_shaped_by_the_agreement_in_force_from_its_own_content():
+    # Issue 12 defect 3: the original has no personal data, so its KG–UZ view was not redacted;
+    # the cancel names a person, and the KG–UZ protocol forbids personal data.
+    thread = original_thread(alert())
+    cancel = alert(msg_type="cancel", references=[uuid4()], personal_data={"names": ["A. Example"]})
+    d = route(cancel, thread)
+    uz = next(r for r in d.recipients if r.unit == "uz-sbs-dustlik")
+    assert uz.redacted == ["personal_data"] and uz.agreement == "kg-uz-blo-2015"
+    assert "personal_data" not in view(cancel, uz, alert_id=uuid4(), thread_id=uuid4(), sent_at=NOW)["alert"]
+    assert {r.endpoint for r in d.recipients} == set(EXPECTED_RECIPIENTS), "a cancel still reaches exactly the thread"
+    # A cancel more restricted than the agreement allows does not cross at all.
+    d = route(alert(msg_type="cancel", references=[uuid4()], tlp="TLP:AMBER+STRICT"), thread)
+    assert outcome(d)["uz-sbs-dustlik"] == "tlp_exceeds_agreement"
+
+
+@pytest.mark.parametrize("kind", ["alert", "update", "cancel"])
+def test_another_agency_cannot_attach_to_a_thread_and_widen_it(kind):
+    # Issue 12 defect 4: KG police received the border service's alert; its own TLP:RED message
+    # referencing it would otherwise reach every recipient of that thread as if named explicitly.
+    thread = original_thread(alert())
+    theirs = alert(sender_agency="kg-moi", sender_post="dostuk", msg_type=kind, references=[uuid4()], tlp="TLP:RED")
+    assert not route(theirs).recipients, "on its own, TLP:RED naming no one reaches no one"
+    d = route(theirs, thread)
+    assert not d.recipients
+    assert d.note == "only kg-sbs, the thread's sender agency, may add to its thread: routed to no one"
