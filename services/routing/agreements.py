@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from services.routing.directory import Agreement
 from shared.alerts import Alert
+from shared.directory import Agreement
 
 ORDER = "fewest categories, then lowest max TLP, then no personal data, then id"
 

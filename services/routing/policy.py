@@ -12,9 +12,9 @@ from uuid import UUID
 
 from services.routing.agreements import Basis, Refusal, choose
 from services.routing.compiled import Compiled, alert_keys, walk_indexed, walk_naive
-from services.routing.directory import Agency
 from services.routing.rules import Rule, Selector
 from shared.alerts import Alert, Handling, MsgType, Tlp
+from shared.directory import Agency
 from shared.events import AlertForwarded, AlertRouted, Denial, Recipient, ViewProfile
 
 THREAD_RULE = "thread"
@@ -156,6 +156,10 @@ def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive:
     sender = net.agencies.get(alert.sender_agency)
     if sender is None:
         return _collect([], kind, net, note=f"unknown sender agency {alert.sender_agency}: routed to no one")
+    if not sender.originates:  # the gateway refuses it first; a record that got past it reaches no one
+        return _collect([Denial(agency=sender.id, code="may_not_originate", explanation=f"{sender.id} may not originate alerts "
+                                "(an observer, unless the directory sets may_originate)")], kind, net,
+                        note=f"{sender.id} may not originate alerts: routed to no one")
     owner = thread.original.sender_agency if thread.original else sender.id
     if owner != sender.id:  # a recipient replies by forward or ack; its own message may not widen the thread
         return _collect([], kind, net, note=f"only {owner}, the thread's sender agency, may add to its thread: routed to no one")
@@ -180,7 +184,8 @@ def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive:
     own = {u.id for u in (net.posts[alert.sender_post].units if alert.sender_post in net.posts else ()) if u.agency == sender.id}
     # The same unit selected by several rules is decided once: the first selection explains it.
     unique = {(c.agency.id, c.unit, c.endpoint, c.explicit, c.rule == THREAD_RULE): c for c in reversed(candidates)}
-    candidates = [c for c in reversed(unique.values()) if c.unit is None or c.unit not in own]
+    candidates = [c for c in reversed(unique.values()) if (c.unit is None or c.unit not in own)
+                  and not (c.agency.id == sender.id and c.agency.observer)]  # no observer copy of its own alert
     outcomes = [admit(alert, sender, c, net, now, denied_by_rule) for c in candidates]
     note = None if rules or alert.addressees or prior else "no route rule matched this alert: routed to no one"
     return _collect(outcomes, kind, net, note)

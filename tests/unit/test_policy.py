@@ -9,10 +9,10 @@ import pytest
 from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, FORWARD_TO, PRECURSORS, SCENARIO, YEAR
 from services.routing.agreements import Basis, Refusal, choose
 from services.routing.compiled import Compiled
-from services.routing.directory import Agreement
 from services.routing.network import load_network, network_from
 from services.routing.policy import Thread, decide, decide_forward, differences, view
 from shared.alerts import Alert
+from shared.directory import Agreement
 from shared.events import AlertForwarded, ViewProfile
 from shared.settings import REPO
 
@@ -321,3 +321,26 @@ def test_another_agency_cannot_attach_to_a_thread_and_widen_it(kind):
     d = route(theirs, thread)
     assert not d.recipients
     assert d.note == "only kg-sbs, the thread's sender agency, may add to its thread: routed to no one"
+
+
+# --- who may originate ---------------------------------------------------------------------------------
+
+def test_an_observer_may_not_originate_unless_the_directory_says_so():
+    a = alert(sender_agency="unodc", sender_post=None)
+    d = route(a)
+    assert not d.recipients and [(x.agency, x.code) for x in d.denied] == [("unodc", "may_not_originate")]
+    assert d.note == "unodc may not originate alerts: routed to no one"
+    doc = NET.network.content()
+    next(x for x in doc["directory"]["agencies"] if x["id"] == "kz-mof")["may_originate"] = True
+    d = route(alert(sender_agency="kz-mof", sender_post=None), net=Compiled(network_from(doc)))
+    assert "kg-gknb-bgs" in {r.agency for r in d.recipients}, "other observers still get their summary"
+    assert "kz-mof" not in {r.agency for r in d.recipients} | {x.agency for x in d.denied}, "never an observer copy of its own"
+    # And an agency the directory forbids, though no observer, is refused the same way.
+    next(x for x in doc["directory"]["agencies"] if x["id"] == "kg-sbs")["may_originate"] = False
+    assert [x.code for x in route(alert(), net=Compiled(network_from(doc))).denied] == ["may_not_originate"]
+
+
+def test_a_directory_without_may_originate_loads_with_the_same_hash():
+    assert all("may_originate" not in a for a in NET.network.content()["directory"]["agencies"])
+    assert network_from(NET.network.content()).hash == NET.hash
+    assert [a.id for a in NET.network.directory.agencies if not a.originates] == ["kg-gknb-bgs", "kz-mof", "unodc"]

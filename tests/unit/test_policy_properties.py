@@ -38,6 +38,7 @@ def networks(draw):
         observer = draw(st.booleans()) and i > 1
         agencies.append({"id": f"ag{i}", "kind": draw(st.sampled_from(KINDS)), "country": draw(st.sampled_from(COUNTRIES)),
                          "observer": observer, "name_en": f"A{i}", "name_ru": f"А{i}",
+                         **({"may_originate": draw(st.booleans())} if draw(st.booleans()) else {}),
                          **({"endpoint": f"ep-ag{i}"} if observer else {})})
     endpoints = [{"id": f"ep-ag{i}", "agency": a["id"], "url": f"https://x/{i}"} for i, a in enumerate(agencies) if a["observer"]]
     posts = []
@@ -77,8 +78,8 @@ def networks(draw):
 
 @st.composite
 def alerts_for(draw, net: Compiled):
-    senders = [a for a in net.agencies.values() if not a.observer]
-    sender = draw(st.sampled_from(senders))
+    senders = [a for a in net.agencies.values() if a.originates]
+    sender = draw(st.sampled_from(senders) if senders else st.nothing())
     posts = [p for p in net.posts.values()]
     post = draw(st.sampled_from(posts))
     to = draw(st.sampled_from(COUNTRIES))

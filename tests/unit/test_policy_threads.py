@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from services.routing.compiled import Compiled
-from services.routing.directory import Agency
 from services.routing.policy import Candidate, Thread, admit, decide, decide_forward, view
 from shared.alerts import Alert, Tlp
+from shared.directory import Agency
 from shared.events import AlertForwarded, AlertRouted, Recipient, ViewProfile
 from tests.unit.test_policy_properties import CATEGORIES, COUNTRIES, assert_permitted, networks
 
@@ -121,6 +121,9 @@ def step(draw, net: Compiled, threads: list[ThreadModel]) -> None:
     joins = thread is not None and (kind != "alert" or message.references)
     decision = decide(message, thread.as_thread() if joins else Thread(), net, NOW)
     check_views(net, message, decision)
+    if not agency.originates:
+        assert not decision.recipients and [d.code for d in decision.denied] == ["may_not_originate"]
+    assert not any(r.agency == agency.id and agency.observer for r in decision.recipients), "no observer copy of its own"
     crossing = any(net.agencies[r.agency].country != agency.country for r in decision.recipients)
     owner = "its owner" if joins and agency.id == thread.owner else "another agency"
     event((f"{kind} joining a thread from {owner}" if joins else "a new thread") + (", crossing a border" if crossing else ""))

@@ -1,10 +1,14 @@
-"""The network directory as data: pydantic models of deploy/network/directory.yaml."""
+"""The network directory as data: pydantic models of deploy/network/directory.yaml.
+
+Shared by routing (which decides with it), the notifier (fallback endpoints, ack deadlines) and
+the gateway (who may originate), each reading it without importing another service's code.
+"""
 from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from shared.alerts import Category, Tlp, Urgency
 
@@ -38,6 +42,19 @@ class Agency(_Strict):
         default_factory=lambda: dict(DEFAULT_ACK_MINUTES),
         description="how long a recipient has to acknowledge, by urgency; absent urgency: no deadline",
     )
+    may_originate: bool | None = Field(None, description="whether its keys may submit alerts; unset: every agency but observers")
+
+    @property
+    def originates(self) -> bool:
+        return self.may_originate if self.may_originate is not None else not self.observer
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Unset is left out, so a directory written before the field keeps its version hash.
+        doc = handler(self)
+        if self.may_originate is None:
+            doc.pop("may_originate", None)
+        return doc
 
 
 class Unit(_Strict):
