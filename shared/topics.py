@@ -48,7 +48,7 @@ OPERATIONS_ACTIONS = Topic(
     "operators' acts on delivery state: replay, recover, enable/disable, secret rotation, escalation",
 )
 ROUTING_RULES = Topic(
-    "routing.rules", "ruleset", 1, ("routing",), ("audit",),
+    "routing.rules", "ruleset", 1, ("routing",), ("audit", "gateway"),
     "each activation of a network directory and rule set, with its full content and who made it",
 )
 CATALOGUE = (ALERTS_SUBMITTED, ALERTS_ROUTED, DELIVERIES_REQUESTED, DELIVERIES_STATUS, ALERTS_ACKNOWLEDGED,

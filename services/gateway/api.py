@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway import repository, service
+from services.gateway.directory import ActiveDirectory
 from services.gateway.limits import RateLimiter
 from services.gateway.schemas import (
     AckAccepted, AckRequest, Accepted, AlertPage, AlertStatus, ForwardAccepted, ForwardRequest, Problem, Token,
@@ -106,7 +107,7 @@ def authenticator(rt: Runtime, limiter: RateLimiter):
     return caller
 
 
-def router(rt: Runtime, limiter: RateLimiter) -> APIRouter:
+def router(rt: Runtime, limiter: RateLimiter, directory: ActiveDirectory) -> APIRouter:
     api = APIRouter(prefix="/v1")
     Who = Annotated[Caller, Depends(authenticator(rt, limiter))]
     IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
@@ -124,7 +125,7 @@ def router(rt: Runtime, limiter: RateLimiter) -> APIRouter:
     async def submit_alert(request: Request, who: Who, idempotency_key: IdempotencyKey = None, traceparent: Traceparent = None):
         """Submit an alert as BLOnet JSON or CAP 1.2 XML; 202 only once Kafka holds it durably (acks=all)."""
         sub = service.decode_submission(await request.body(), request.headers.get("content-type"))
-        result = await service.submit(rt, who, sub, idempotency_key=idempotency_key, traceparent=traceparent)
+        result = await service.submit(rt, who, sub, directory=directory, idempotency_key=idempotency_key, traceparent=traceparent)
         log_context.set({"alert_id": result[1].get("id")})
         return answer(result)
 

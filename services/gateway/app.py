@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from services.gateway import console, ops, ops_api, service
 from services.gateway.api import authenticator, count_refused_submission, install_errors, router
 from services.gateway.consumer import TOPICS, StatusView
+from services.gateway.directory import ActiveDirectory
 from services.gateway.limits import BodyLimit, RateLimiter
 from shared import db
 from shared.alerts import Alert
@@ -35,11 +36,16 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     async def purge_idempotency_keys() -> None:
         await service.purge_idempotency_keys(rt)
 
+    directory = ActiveDirectory(settings)  # who may originate, as routing last activated it
+
+    async def follow_directory() -> None:
+        await directory.follow(rt.stopping)
+
     hub = ops.FlowHub(rt)
-    rt.workers += [purge_idempotency_keys, hub.run]
+    rt.workers += [purge_idempotency_keys, hub.run, follow_directory]
     app = rt.app(description=DESCRIPTION, version="1.0.0")
     limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-    app.include_router(router(rt, limiter))
+    app.include_router(router(rt, limiter, directory))
     app.include_router(ops_api.router(rt, hub, authenticator(rt, limiter)))
     console.install(app, rt, hub)
     install_errors(app)

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway import repository
+from services.gateway.directory import ActiveDirectory
 from services.gateway.schemas import AlertStatus
 from shared import topics, tracing
 from shared.alerts import Alert
@@ -108,6 +109,13 @@ def check_submission(sub: Submission, caller: Caller, *, now: datetime, reject_e
         raise ApiError(403, "wrong_post", f"this key submits only for posts {', '.join(sorted(caller.posts))}")
     if reject_expired and alert.expires and alert.expires <= now:
         raise ApiError(422, "expired", f"the alert expired at {alert.expires.isoformat()}; nothing to send")
+
+
+def check_originator(directory: ActiveDirectory, caller: Caller) -> None:
+    """Refuse an agency the directory does not let originate alerts (observers, unless it says so)."""
+    if not directory.may_originate(caller.agency):
+        raise ApiError(403, "may_not_originate", f"{caller.agency} may not originate alerts (the directory's may_originate; "
+                                                 "observers may not unless it is set)")
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -272,10 +280,12 @@ def _wrap(rt: Runtime, payload: Payload, *, alert_id: UUID, thread_id: UUID, eve
 
 # --- the three acts: submit, acknowledge, forward -----------------------------------------------
 
-async def submit(rt: Runtime, caller: Caller, sub: Submission, *, idempotency_key: str | None, traceparent: str | None) -> tuple[int, dict]:
+async def submit(rt: Runtime, caller: Caller, sub: Submission, *, directory: ActiveDirectory, idempotency_key: str | None,
+                 traceparent: str | None) -> tuple[int, dict]:
     """Accept an alert once: answer only after Kafka holds it durably (acks=all)."""
     now = datetime.now(timezone.utc)
     check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts)
+    check_originator(directory, caller)
     thread = await resolve_thread(rt, caller, sub.alert)
     key = idempotency_key
     if sub.cap is not None:

@@ -261,3 +261,42 @@ async def test_only_the_sender_agency_adds_to_its_thread(settings, services, inb
                 assert (await r.json())["code"] == "not_sender"
     await asyncio.sleep(0.5)  # anything wrongly produced would reach the status view by now
     assert await _submitted_count(settings) == before
+
+
+async def test_an_observer_originates_only_where_the_directory_lets_it(settings, services, inbox):
+    """Issue 15 point 4: 403 may_not_originate at the edge, nothing produced; once an activation sets
+    may_originate, the gateway follows it from routing.rules, and the alert never comes back to its sender."""
+    from tests.integration.test_end_to_end import _submitted_count
+
+    key = await make_key(settings, "kz-mof", Role.SUBMIT)
+    gw = f"http://127.0.0.1:{settings.gateway_port}/v1/alerts"
+    rules = f"http://127.0.0.1:{settings.routing_port}/v1/routing/rules"
+    alert = {**SCENARIO, "sender_agency": "kz-mof", "sender_post": None}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        before = await _submitted_count(settings)
+        async with http.post(gw, json=alert) as r:
+            assert r.status == 403 and (await r.json())["code"] == "may_not_originate", await r.text()
+        assert await _submitted_count(settings) == before
+        operator = await token_for(settings, http, "unodc", Role.OPERATOR)
+        async with http.get(rules, headers=operator) as r:
+            active = await r.json()
+        content = copy.deepcopy(active["content"])
+        next(a for a in content["directory"]["agencies"] if a["id"] == "kz-mof")["may_originate"] = True
+        try:
+            async with http.put(rules, json=content, headers=operator) as r:
+                assert r.status == 200, await r.text()
+
+            async def accepted():
+                async with http.post(gw, json=alert) as r:
+                    return (await r.json())["id"] if r.status == 202 else None
+
+            alert_id = await wait_for(accepted)
+            await wait_for(lambda: asyncio.sleep(0, received(inbox, "ep-kg-gknb-bgs", alert_id)))
+            async with http.get(f"http://127.0.0.1:{settings.routing_port}/v1/decisions/{alert_id}", headers=operator) as r:
+                decision = (await r.json())[0]["decision"]
+            assert "kz-mof" not in {x["agency"] for x in decision["recipients"] + decision["denied"]}
+            assert not received(inbox, "ep-kz-mof", alert_id), "no observer copy of its own alert"
+        finally:
+            async with http.put(rules, json=active["content"], headers=operator) as r:
+                assert r.status == 200
+            await asyncio.sleep(2.5)  # every routing instance follows the restored version
