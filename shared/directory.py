@@ -43,6 +43,7 @@ class Agency(_Strict):
         description="how long a recipient has to acknowledge, by urgency; absent urgency: no deadline",
     )
     may_originate: bool | None = Field(None, description="whether its keys may submit alerts; unset: every agency but observers")
+    cap_senders: tuple[str, ...] = Field((), description="the CAP <sender> values only this agency may use; none: any not listed by another")
 
     @property
     def originates(self) -> bool:
@@ -50,10 +51,12 @@ class Agency(_Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        # Unset is left out, so a directory written before the field keeps its version hash.
+        # Unset fields are left out, so a directory written before them keeps its version hash.
         doc = handler(self)
         if self.may_originate is None:
             doc.pop("may_originate", None)
+        if not self.cap_senders:
+            doc.pop("cap_senders", None)
         return doc
 
 
@@ -158,11 +161,23 @@ class Directory(_Strict):
         ids = [x.id for x in (*self.agencies, *self.posts, *self.endpoints, *(u for _, u in self.units()))]
         problems += [f"id {i} is used twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
         # Agreements may overlap (routing decides over all in force), but each id names one legal basis.
+        senders = [s for a in self.agencies for s in a.cap_senders]
+        problems += [f"CAP sender {s} is listed for two agencies" for s in sorted({s for s in senders if senders.count(s) > 1})]
         agreement_ids = [ag.id for ag in self.agreements]
         problems += [f"agreement id {i} is used twice" for i in sorted({i for i in agreement_ids if agreement_ids.count(i) > 1})]
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def cap_sender_problem(self, agency_id: str, sender: str) -> str | None:
+        """Why `agency_id` may not send CAP as `sender`, or None: another agency's sender, or not one of its own."""
+        owner = next((a.id for a in self.agencies if sender in a.cap_senders), None)
+        if owner is not None and owner != agency_id:
+            return f"CAP sender {sender} belongs to {owner}"
+        own = next((a.cap_senders for a in self.agencies if a.id == agency_id), ())
+        if own and sender not in own:
+            return f"{agency_id} sends CAP only as {', '.join(own)}"
+        return None
 
     def agency(self, agency_id: str) -> Agency:
         return next(a for a in self.agencies if a.id == agency_id)

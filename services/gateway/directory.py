@@ -56,6 +56,10 @@ class ActiveDirectory:
         listed = {a.id: a for a in self.current.agencies} if self.current else {}
         return agency not in listed or listed[agency].originates
 
+    def cap_sender_problem(self, agency: str, sender: str) -> str | None:
+        """Why `agency` may not send CAP as `sender` (another agency's, or not one of its own), or None."""
+        return self.current.cap_sender_problem(agency, sender) if self.current else None
+
     async def follow(self, stopping: asyncio.Event) -> None:
         """Read routing.rules from its start and keep following it; no consumer group, no offsets."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)

@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
@@ -28,7 +28,7 @@ from services.gateway.schemas import AlertStatus
 from shared import topics, tracing
 from shared.alerts import Alert
 from shared.auth import Principal, Role
-from shared.cap import CapError, CapMessage, format_time, keyed_uuid7, parse_cap, render_cap
+from shared.cap import CapError, CapMessage, cap_alert_id, format_time, keyed_uuid7, parse_cap, parse_reference, render_cap
 from shared.events import AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, Envelope, Payload
 from shared.ids import derived_id, new_id
 from shared.kafka import send
@@ -182,6 +182,31 @@ async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | No
     return threads[0]
 
 
+async def resolve_cap(rt: Runtime, caller: Caller, sub: Submission, directory: ActiveDirectory) -> tuple[Submission, UUID]:
+    """Tie a CAP message to the caller's agency: refuse another agency's sender, and give the message
+    and its references the ids of what this agency sent as (sender, identifier, sent).
+
+    Ids hash the agency with the triple, so no agency can claim another's; messages stored before
+    that keep the ids they have, since a triple resolves to the stored message first.
+    """
+    cap = sub.cap
+    problem = directory.cap_sender_problem(caller.agency, cap.sender)
+    if problem:
+        raise ApiError(403, "wrong_cap_sender", problem)
+    async with rt.sessions() as session:
+        async def id_of(sender: str, identifier: str, sent: datetime) -> UUID:
+            stored = await repository.cap_alert(session, agency=caller.agency, sender=sender, identifier=identifier,
+                                                sent=format_time(sent))
+            return stored or cap_alert_id(sender, identifier, sent, caller.agency)
+
+        alert_id = await id_of(cap.sender, cap.identifier, cap.sent)
+        references = [await id_of(*parse_reference(triple)) for triple in cap.references]
+        row = await repository.get_alert(session, alert_id)
+    if row and (row["sender_agency"] != caller.agency or (row["cap"] or {}).get("sender", cap.sender) != cap.sender):
+        raise ApiError(409, "cap_id_taken", f"alert {alert_id} was sent by another sender; its original stays as it is")
+    return replace(sub, alert=sub.alert.model_copy(update={"references": references})), alert_id
+
+
 # --- idempotent production ----------------------------------------------------------------------
 
 Record = Callable[[AsyncSession], Awaitable[None]]
@@ -286,11 +311,13 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, directory: Act
     now = datetime.now(timezone.utc)
     check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts)
     check_originator(directory, caller)
+    if sub.cap is not None:
+        sub, cap_id = await resolve_cap(rt, caller, sub, directory)
     thread = await resolve_thread(rt, caller, sub.alert)
     key = idempotency_key
     if sub.cap is not None:
         key = key or f"cap:{sub.cap.sender},{sub.cap.identifier},{format_time(sub.cap.sent)}"
-        mint = lambda: sub.cap.alert_id  # noqa: E731
+        mint = lambda: cap_id  # noqa: E731
     elif key is not None:
         mint = lambda: keyed_uuid7(now, "json", caller.agency, key)  # noqa: E731
     else:
