@@ -120,7 +120,7 @@ async def record_alert(
         await session.execute(stmt.on_conflict_do_update(
             index_elements=[alerts.c.alert_id], set_={"cap": cap, "cap_original": cap_original,
                                                       "trace_id": func.coalesce(alerts.c.trace_id, trace_id)},
-            where=alerts.c.cap.is_(None) & (alerts.c.sender_agency == sender_agency)))
+            where=alerts.c.cap_original.is_(None) & (alerts.c.sender_agency == sender_agency)))
 
 
 async def record_routing(session: AsyncSession, alert_id: UUID, decision: AlertRouted) -> None:

@@ -108,3 +108,17 @@ async def test_a_different_sender_for_an_existing_id_is_a_conflict(settings, ser
             assert r.status == 409 and (await r.json())["code"] == "cap_id_taken", await r.text()
     row = await in_session(settings, "gateway", lambda s: repository.get_alert(s, taken))
     assert row["cap_original"] == b"<theirs/>" and row["cap"]["sender"] == "other@sbs.gov.kg"
+
+
+async def test_the_original_is_kept_when_the_status_consumer_wrote_the_row_first(settings, services):
+    key = await make_key(settings, "kg-sbs", Role.SUBMIT)
+    the_id = cap_alert_id(SENDER, "RACE-1", SENT, "kg-sbs")
+    await in_session(settings, "gateway", lambda s: repository.record_alert(  # as the status consumer writes it
+        s, alert_id=the_id, thread_id=the_id, sender_agency="kg-sbs", submitted_by="k", received_at=SENT, alert={**FUTURE}))
+    body = cap("RACE-1")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        gw = f"http://127.0.0.1:{settings.gateway_port}/v1/alerts"
+        async with http.post(gw, data=body, headers=CAP) as r:
+            assert r.status == 202 and (await r.json())["id"] == str(the_id), await r.text()
+        async with http.get(f"{gw}/{the_id}", params={"format": "cap", "original": "true"}) as r:
+            assert r.status == 200 and await r.read() == body
