@@ -29,15 +29,15 @@ def cap(identifier: str, *, agency: str = "kg-sbs", sent: datetime = SENT, refer
 
 
 async def test_another_agency_cannot_take_a_cap_alert_id(settings, services):
-    owner, other = await make_key(settings, "kg-sbs", Role.SUBMIT), await make_key(settings, "uz-sbs", Role.SUBMIT)
+    owner, other = await make_key(settings, "kg-sbs", Role.SUBMIT), await make_key(settings, "kg-customs", Role.SUBMIT)
     gw = f"http://127.0.0.1:{settings.gateway_port}/v1/alerts"
     original = cap("TAKE-1")
     async with aiohttp.ClientSession() as http:
         async with http.post(gw, data=original, headers={**CAP, "Authorization": f"Bearer {owner}"}) as r:
             assert r.status == 202, await r.text()
             mine = (await r.json())["id"]
-        # The attack: kg-sbs's triple (readable by any recipient via ?format=cap), under uz-sbs's own agency.
-        forged = cap("TAKE-1", agency="uz-sbs", headline="forged")
+        # The attack: kg-sbs's triple (readable by any recipient via ?format=cap), under kg-customs's own agency.
+        forged = cap("TAKE-1", agency="kg-customs", headline="forged")
         async with http.post(gw, data=forged, headers={**CAP, "Authorization": f"Bearer {other}"}) as r:
             assert r.status == 202, await r.text()
             assert (await r.json())["id"] != mine, "another agency's triple never yields the owner's id"
@@ -58,7 +58,7 @@ async def test_another_agency_cannot_take_a_cap_alert_id(settings, services):
                 assert r.status == 200, await r.text()
 
             async def refused():
-                async with http.post(gw, data=cap("TAKE-2", agency="uz-sbs"), headers={**CAP, "Authorization": f"Bearer {other}"}) as r:
+                async with http.post(gw, data=cap("TAKE-2", agency="kg-customs"), headers={**CAP, "Authorization": f"Bearer {other}"}) as r:
                     return r.status == 403 and (await r.json())["code"] == "wrong_cap_sender"
 
             await wait_for(refused)  # the gateway follows the activation within a poll or two

@@ -290,7 +290,7 @@ async def test_recipient_sees_its_view_acknowledges_and_forwards(settings, servi
 
 
 async def test_list_pages_with_a_cursor_and_filters(settings, strict):
-    key = await make_key(settings, "uz-sbs", Role.SUBMIT)  # an agency no other test sends as (observers may not)
+    key = await make_key(settings, "uz-sbs", Role.SUBMIT)  # the one agency no other test sends as (observers may not)
     ids = []
     async with aiohttp.ClientSession(headers=auth(key)) as http:
         for n in range(3):
