@@ -62,17 +62,32 @@ class CapMessage:
         return cap_alert_id(self.sender, self.identifier, self.sent)
 
 
-def cap_alert_id(sender: str, identifier: str, sent: datetime) -> uuid.UUID:
-    """Return the deterministic UUIDv7 of a CAP (sender, identifier, sent) triple.
+def cap_alert_id(sender: str, identifier: str, sent: datetime, agency: str | None = None) -> uuid.UUID:
+    """Return the deterministic UUIDv7 of a CAP (sender, identifier, sent) triple, sent by `agency`.
 
     A CAP identifier BLOnet issued itself (`urn:uuid:<id>`) maps back to that id; any other
-    triple maps to a UUIDv7 whose timestamp is `sent` and whose other bits hash the triple, so
-    the same message submitted twice always gets the same alert id.
+    triple maps to a UUIDv7 whose timestamp is `sent` and whose other bits hash the agency and the
+    triple, so the same message submitted twice always gets the same alert id, and another agency
+    submitting the same triple never gets it. Without `agency`: the id before agencies were part
+    of it, which alerts stored then keep (the gateway resolves references by agency and triple).
     """
     own = _BLONET_ID.match(identifier)
     if own:
         return uuid.UUID(own.group(1))
-    return keyed_uuid7(sent, "cap", sender, identifier, format_time(sent))
+    if agency is None:
+        return keyed_uuid7(sent, "cap", sender, identifier, format_time(sent))
+    return keyed_uuid7(sent, "cap", agency, sender, identifier, format_time(sent))
+
+
+def parse_reference(triple: str) -> tuple[str, str, datetime]:
+    """Split a CAP reference `sender,identifier,sent`; CapError if it is not one."""
+    parts = triple.split(",")
+    if len(parts) != 3:
+        raise CapError("cap_mapping", f"a reference must be 'sender,identifier,sent', got {triple!r}")
+    try:
+        return parts[0], parts[1], datetime.fromisoformat(parts[2])
+    except ValueError:
+        raise CapError("cap_mapping", f"reference {triple!r} has an invalid sent time") from None
 
 
 def keyed_uuid7(at: datetime, *parts: object) -> uuid.UUID:
@@ -160,15 +175,8 @@ def parse_cap(data: bytes) -> CapMessage:
     if len(infos) > MAX_INFO:
         raise CapError("cap_too_large", f"{len(infos)} info blocks; at most {MAX_INFO} (one per language)")
     references = (_text(root, "references") or "").split()
-    refs = []
-    for triple in references:
-        parts = triple.split(",")
-        if len(parts) != 3:
-            raise CapError("cap_mapping", f"a reference must be 'sender,identifier,sent', got {triple!r}")
-        try:
-            refs.append(cap_alert_id(parts[0], parts[1], datetime.fromisoformat(parts[2])))
-        except ValueError:
-            raise CapError("cap_mapping", f"reference {triple!r} has an invalid sent time") from None
+    # The ids as they were before agencies were part of them; the gateway resolves them by agency.
+    refs = [cap_alert_id(*parse_reference(triple)) for triple in references]
     scope = _text(root, "scope")
     addresses = [a or b for a, b in _ADDRESS.findall(_text(root, "addresses") or "")]
     doc: dict = {

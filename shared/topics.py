@@ -50,7 +50,7 @@ OPERATIONS_ACTIONS = Topic(
     "operators' acts on delivery state: replay, recover, enable/disable, secret rotation, escalation",
 )
 ROUTING_RULES = Topic(
-    "routing.rules", "ruleset", 1, ("routing",), ("audit",),
+    "routing.rules", "ruleset", 1, ("routing",), ("audit", "gateway"),
     "each activation of a network directory and rule set, with its full content and who made it",
 )
 # Each service's poison records (shared/kafka.py): the source record's key, value and headers,

@@ -7,6 +7,7 @@ from fastapi.openapi.utils import get_openapi
 from services.gateway import console, ops, ops_api, service
 from services.gateway.api import authenticator, count_refused_submission, install_errors, router, streamer
 from services.gateway.consumer import TOPICS, StatusView
+from services.gateway.directory import ActiveDirectory
 from services.gateway.keycache import KeyCache
 from services.gateway.limits import RateLimiter, StreamSlots
 from shared import db
@@ -35,13 +36,18 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     async def purge_idempotency_keys() -> None:
         await service.purge_idempotency_keys(rt)
 
+    directory = ActiveDirectory(settings)  # who may originate, as routing last activated it
+
+    async def follow_directory() -> None:
+        await directory.follow(rt.stopping)
+
     hub, keys = ops.FlowHub(rt), KeyCache(rt)
-    rt.workers += [purge_idempotency_keys, hub.run, keys.listener.run]
+    rt.workers += [purge_idempotency_keys, hub.run, keys.listener.run, follow_directory]
     rt.on_body_refused = count_refused_submission
     app = rt.app(description=DESCRIPTION, version="1.0.0")
     authenticate = authenticator(keys, RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst))
     slots = StreamSlots(settings.max_streams_per_key)
-    app.include_router(router(rt, authenticate, hub, slots))
+    app.include_router(router(rt, authenticate, hub, slots, directory))
     app.include_router(ops_api.router(rt, hub, authenticate, streamer(slots)))
     console.install(app, rt, hub)
     install_errors(app)
