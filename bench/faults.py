@@ -9,8 +9,8 @@ scenario at a time; the load's generator retries every 503, timeout or refused c
 the same Idempotency-Key until it gets a 202, as an agency system should. After each scenario it
 waits for the drain, then counts. Every loop is bounded in count and time, and only loopback is used.
 
-  kill-<service>   kill -9 each instance of the service in turn, restart it 5 s later
-  kafka-stop       stop the single broker for 10 s, then start it (single-broker stack)
+  kill-<service>   kill -9 each instance of the service in turn, restart it 5 s later (--restart-after)
+  kafka-stop       stop Kafka (every broker) for 10 s, then start it
   leader-kill      kill -9 the broker leading partition 0 of alerts.submitted, restart it after 10 s
                    (3-broker stack)
   postgres-restart restart PostgreSQL (fast shutdown) while deliveries are being recorded
@@ -49,7 +49,7 @@ from shared.settings import REPO, Settings, get_settings
 
 SERVICES = ("gateway", "routing", "notifier", "audit")
 FANOUT = len(EXPECTED_RECIPIENTS)
-BASE = 27000  # services BASE + 10*instance + index; receiver BASE+90; Kafka BASE+92..; PostgreSQL BASE+99
+# Ports from --base-port: services +10*instance+index; receiver +90; Kafka +92..+97; PostgreSQL +99.
 STACK_SH = str(REPO / "deploy" / "stack.sh")
 RETRY_FOR_SECONDS = 180  # the generator gives up on one alert after this long (counted as not accepted)
 
@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=20, help="alerts/s offered during each scenario")
     p.add_argument("--seconds", type=float, default=90, help="load per scenario; the fault comes a third of the way in")
     p.add_argument("--drain-seconds", type=float, default=180, help="max wait after the load for every delivery")
+    p.add_argument("--one-window", action="store_true",
+                   help="one load window with the scenarios' faults one after another (the short version make test runs)")
+    p.add_argument("--base-port", type=int, default=27000, help="first of the 100 ports the run uses")
+    p.add_argument("--restart-after", type=float, default=5,
+                   help="seconds a killed service stays down; brokers stay down twice as long")
     return p.parse_args(argv)
 
 
@@ -152,12 +157,12 @@ async def steady_load(url: str, key: str, rate: float, seconds: float, tag: str)
 
 class Harness:
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.run_id = args, secrets.token_hex(3)
+        self.args, self.run_id, self.base = args, secrets.token_hex(3), args.base_port
         self.tmp = Path(tempfile.mkdtemp(prefix=f"blonet-faults-{self.run_id}-"))
         self.stack_env = {**{k: v for k, v in os.environ.items() if not k.startswith("BLONET_")},
                           "BLONET_STACK_DIR": str(REPO / "var" / f"faults-{self.run_id}"),
-                          "BLONET_KAFKA_PORT": str(BASE + 92), "BLONET_KAFKA_CONTROLLER_PORT": str(BASE + 93),
-                          "BLONET_PG_PORT": str(BASE + 99), "BLONET_KAFKA_BROKERS": str(args.brokers)}
+                          "BLONET_KAFKA_PORT": str(self.base + 92), "BLONET_KAFKA_CONTROLLER_PORT": str(self.base + 93),
+                          "BLONET_PG_PORT": str(self.base + 99), "BLONET_KAFKA_BROKERS": str(args.brokers)}
         self.procs: dict[str, Proc] = {}
         self.rows: list[dict] = []
 
@@ -168,13 +173,13 @@ class Harness:
         return result.stdout.strip()
 
     def port(self, service: str, instance: int) -> int:
-        return BASE + 10 * instance + SERVICES.index(service)
+        return self.base + 10 * instance + SERVICES.index(service)
 
     async def setup(self) -> None:
         print(self.stack("start"), flush=True)
         bootstrap = self.stack("bootstrap")
         self.app_env = {
-            "BLONET_KAFKA_BOOTSTRAP": bootstrap, "BLONET_PG_PORT": str(BASE + 99),
+            "BLONET_KAFKA_BOOTSTRAP": bootstrap, "BLONET_PG_PORT": str(self.base + 99),
             "BLONET_PG_DATABASE": f"blonet_faults_{self.run_id}", "BLONET_TOPIC_PREFIX": f"faults{self.run_id}.",
             **{f"BLONET_{s.upper()}_PORT": str(self.port(s, 0)) for s in SERVICES},
             "BLONET_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port('gateway', 0)}",
@@ -193,7 +198,7 @@ class Harness:
         shutil.copytree(REPO / "deploy" / "network", net)
         doc = yaml.safe_load((net / "directory.yaml").read_text())
         for e in doc["endpoints"]:
-            e["url"] = f"http://127.0.0.1:{BASE + 90}/inbox/{e['id']}"
+            e["url"] = f"http://127.0.0.1:{self.base + 90}/inbox/{e['id']}"
         (net / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
         s = self.settings
         ensure_signing_key(s)
@@ -206,7 +211,7 @@ class Harness:
             x, key_id=key_id, agency=SCENARIO["sender_agency"], roles=[Role.SUBMIT], key_hash=hash_api_key(self.key), label="faults"))
         await self.in_session("notifier", lambda x: notifier_repo.ensure_endpoints(x, {e["id"] for e in doc["endpoints"]}))
         self.receiver = Receiver(await self.in_session("notifier", notifier_repo.secrets_by_endpoint))
-        self.receiver_runner = await self.receiver.serve(BASE + 90)
+        self.receiver_runner = await self.receiver.serve(self.base + 90)
         for service in SERVICES:
             for i in range(self.args.instances):
                 self.start(service, i)
@@ -247,14 +252,14 @@ class Harness:
         """kill -9 each instance in turn, restart it 5 s later; return when the last one is ready."""
         for i in range(self.args.instances):
             os.kill(self.procs[f"{service}-{i}"].pid, signal.SIGKILL)
-            await asyncio.sleep(5)
+            await asyncio.sleep(self.args.restart_after)
             self.start(service, i)
             await self.wait_ready(service, i)
         return time.monotonic()
 
     async def kafka_stop(self) -> float:
         self.stack("stop", "kafka")
-        await asyncio.sleep(10)
+        await asyncio.sleep(2 * self.args.restart_after)
         self.stack("start", "kafka")
         return time.monotonic()
 
@@ -268,7 +273,7 @@ class Harness:
         leader = next(p["leader"] for p in parts if p["partition"] == 0)
         folder = Path(self.stack_env["BLONET_STACK_DIR"]) / ("kafka" if leader == 1 else f"kafka-{leader}")
         os.kill(int((folder / "kafka.pid").read_text()), signal.SIGKILL)
-        await asyncio.sleep(10)
+        await asyncio.sleep(2 * self.args.restart_after)
         self.stack("start", "kafka")
         return time.monotonic()
 
@@ -280,7 +285,7 @@ class Harness:
     def fault(self, name: str):
         if name.startswith("kill-") and name[5:] in SERVICES:
             return lambda: self.kill_service(name[5:])
-        if name == "kafka-stop" and self.args.brokers == 1:
+        if name == "kafka-stop":
             return self.kafka_stop
         if name == "leader-kill" and self.args.brokers == 3:
             return self.leader_kill
@@ -290,15 +295,23 @@ class Harness:
 
     # ---------------------------------------------------------------- a scenario
 
-    async def scenario(self, name: str) -> dict:
-        fault, tag = self.fault(name), f"{name}-{self.run_id}"
-        print(f"\n== {name}: {self.args.rate:g} alerts/s for {self.args.seconds:g} s, the fault at "
-              f"{self.args.seconds / 3:.0f} s", flush=True)
+    async def scenario(self, names: list[str]) -> dict:
+        """One load window; the faults one after another from a third of the way in, each given time to recover."""
+        faults, name = [self.fault(n) for n in names], "+".join(names)
+        tag = f"{names[0]}-{len(self.rows)}-{self.run_id}"
+        print(f"\n== {name}: {self.args.rate:g} alerts/s for {self.args.seconds:g} s, "
+              f"{'the faults one after another' if len(faults) > 1 else 'the fault'} from {self.args.seconds / 3:.0f} s", flush=True)
         got = self.receiver.got = Received()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         load_task = asyncio.create_task(steady_load(f"http://127.0.0.1:{self.port('gateway', 0)}/v1/alerts", self.key,
                                                     self.args.rate, self.args.seconds, tag))
         await asyncio.sleep(self.args.seconds / 3)
-        fault_end = await fault()
+        gap = self.args.seconds / 3 / len(faults)  # spread over the middle third, whatever each fault takes
+        for i, fault in enumerate(faults):
+            fault_end = await fault()
+            print(f"   {names[i]} done at {loop.time() - started:.0f} s", flush=True)
+            await asyncio.sleep(gap)
         load = await load_task
         ids = set(load.accepted.values())
         deadline = time.monotonic() + self.args.drain_seconds
@@ -354,9 +367,13 @@ class Harness:
             await self.in_session("gateway", lambda x: gateway_repo.add_key(
                 x, key_id=key_id, agency="unodc", roles=[Role.AUDITOR], key_hash=hash_api_key(self._auditor_key), label="faults"))
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"http://127.0.0.1:{self.port('gateway', 0)}/v1/auth/token",
-                                 headers={"authorization": f"Bearer {self._auditor_key}"}) as r:
-                return (await r.json())["access_token"]
+            for _ in range(20):  # right after a fault a pooled database connection may still fail once
+                async with http.post(f"http://127.0.0.1:{self.port('gateway', 0)}/v1/auth/token",
+                                     headers={"authorization": f"Bearer {self._auditor_key}"}) as r:
+                    if r.status == 200:
+                        return (await r.json())["access_token"]
+                await asyncio.sleep(0.5)
+        raise RuntimeError(f"no auditor token: the gateway answers {r.status}")
 
     async def cleanup(self) -> None:
         for proc in self.procs.values():
@@ -398,14 +415,16 @@ def _line(r: dict) -> str:
 
 async def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ports = [BASE + 90, BASE + 92, BASE + 93, BASE + 99] + [BASE + 10 * i + j for i in range(args.instances) for j in range(4)]
+    base = args.base_port
+    ports = [base + 90, base + 92, base + 93, base + 99] + [base + 10 * i + j for i in range(args.instances) for j in range(4)]
     if taken := [p for p in ports if port_open(p)]:
         sys.exit(f"faults: ports {taken} are in use")
     harness = Harness(args)
     try:
         await harness.setup()
-        for name in args.scenarios.split(","):
-            await harness.scenario(name)
+        names = args.scenarios.split(",")
+        for group in ([names] if args.one_window else [[n] for n in names]):
+            await harness.scenario(group)
     finally:
         await harness.cleanup()
         harness.table()

@@ -1,12 +1,39 @@
 """The alert as agencies submit it: BLOnet's own JSON model (CAP 1.2 maps onto it)."""
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Annotated
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from shared import langtag
+
+# C0 and C1 control characters, DEL and lone surrogates: PostgreSQL refuses NUL in text and
+# jsonb, and none of them belongs in an alert. Free text may keep tab, newline and CR.
+_CONTROLS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff"
+_IN_TEXT = re.compile(f"[{_CONTROLS}]")
+_IN_LINE = re.compile(f"[{_CONTROLS}\t\n\r]")
+
+
+def control_character(value: str, *, free_text: bool = False) -> str | None:
+    """Return a description of the first control character in `value` that is not allowed, or None."""
+    found = (_IN_TEXT if free_text else _IN_LINE).search(value)
+    return f"control character U+{ord(found.group()):04X} is not allowed" if found else None
+
+
+def _no_controls(free_text: bool):
+    def check(value: str) -> str:
+        problem = control_character(value, free_text=free_text)
+        if problem:
+            raise ValueError(problem)
+        return value
+    return check
+
+
+Line = Annotated[str, AfterValidator(_no_controls(free_text=False))]  # ids, names, codes: no control characters
+Text = Annotated[str, AfterValidator(_no_controls(free_text=True))]  # free text: tab, newline and CR allowed
 
 
 class Category(StrEnum):
@@ -63,9 +90,9 @@ class Translation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     language: str = Field(pattern=langtag.PATTERN, description="a BCP 47 tag (xs:language), kept as sent")
-    headline: str = Field(min_length=1, max_length=200)
-    description: str = Field("", max_length=20_000)
-    instruction: str | None = Field(None, max_length=4_000)
+    headline: Text = Field(min_length=1, max_length=200)
+    description: Text = Field("", max_length=20_000)
+    instruction: Text | None = Field(None, max_length=4_000)
 
 
 class Tlp(StrEnum):
@@ -103,7 +130,7 @@ class Direction(BaseModel):
 
 class Location(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    post: str | None = Field(None, description="id of the crossing point the risk concerns")
+    post: Line | None = Field(None, description="id of the crossing point the risk concerns")
     border_segment: str | None = Field(None, pattern=r"^[A-Z]{2}-[A-Z]{2}$")
     direction: Direction | None = None
 
@@ -112,9 +139,9 @@ class PersonalData(BaseModel):
     """Redactable fields: removed from views whose agreement forbids personal data."""
 
     model_config = ConfigDict(extra="forbid")
-    names: list[str] = []
-    document_numbers: list[str] = []
-    vehicle_plates: list[str] = []
+    names: list[Line] = []
+    document_numbers: list[Line] = []
+    vehicle_plates: list[Line] = []
 
 
 class Alert(BaseModel):
@@ -122,8 +149,8 @@ class Alert(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sender_agency: str = Field(min_length=1, max_length=64)
-    sender_post: str | None = Field(None, max_length=64)
+    sender_agency: Line = Field(min_length=1, max_length=64)
+    sender_post: Line | None = Field(None, max_length=64)
     status: Status = Field(Status.ACTUAL, description="CAP status: exercises and tests are marked as such")
     msg_type: MsgType = MsgType.ALERT
     references: list[UUID] = Field([], description="earlier alerts this one updates or cancels")
@@ -134,16 +161,16 @@ class Alert(BaseModel):
     effective: AwareDatetime | None = None
     expires: AwareDatetime | None = None
     location: Location = Location()
-    headline: str = Field(min_length=1, max_length=200)
-    description: str = Field("", max_length=20_000)
-    instruction: str | None = Field(None, max_length=4_000, description="requested action")
+    headline: Text = Field(min_length=1, max_length=200)
+    description: Text = Field("", max_length=20_000)
+    instruction: Text | None = Field(None, max_length=4_000, description="requested action")
     language: str = Field("ru", pattern=langtag.PATTERN, description="a BCP 47 tag (xs:language), kept as sent")
     translations: list[Translation] = Field([], max_length=8, description="the same text in other languages")
     personal_data: PersonalData | None = None
-    addressees: list[str] = Field([], description="agency or unit ids named explicitly")
+    addressees: list[Line] = Field([], description="agency or unit ids named explicitly")
     tlp: Tlp = Tlp.AMBER
     handling: list[Handling] = []
-    handling_note: str | None = Field(None, max_length=1_000)
+    handling_note: Text | None = Field(None, max_length=1_000)
     onward_permission: bool = Field(
         False, description="the originator allows recipients to forward it despite handling code H2"
     )

@@ -19,7 +19,7 @@ from lxml import etree
 from pydantic import ValidationError
 
 from shared import langtag
-from shared.alerts import Alert, Category, MsgType, Status, Tlp
+from shared.alerts import Alert, Category, MsgType, Status, Tlp, control_character
 
 NS = "urn:oasis:names:tc:emergency:cap:1.2"
 DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -65,17 +65,32 @@ class CapMessage:
         return cap_alert_id(self.sender, self.identifier, self.sent)
 
 
-def cap_alert_id(sender: str, identifier: str, sent: datetime) -> uuid.UUID:
-    """Return the deterministic UUIDv7 of a CAP (sender, identifier, sent) triple.
+def cap_alert_id(sender: str, identifier: str, sent: datetime, agency: str | None = None) -> uuid.UUID:
+    """Return the deterministic UUIDv7 of a CAP (sender, identifier, sent) triple, sent by `agency`.
 
     A CAP identifier BLOnet issued itself (`urn:uuid:<id>`) maps back to that id; any other
-    triple maps to a UUIDv7 whose timestamp is `sent` and whose other bits hash the triple, so
-    the same message submitted twice always gets the same alert id.
+    triple maps to a UUIDv7 whose timestamp is `sent` and whose other bits hash the agency and the
+    triple, so the same message submitted twice always gets the same alert id, and another agency
+    submitting the same triple never gets it. Without `agency`: the id before agencies were part
+    of it, which alerts stored then keep (the gateway resolves references by agency and triple).
     """
     own = _BLONET_ID.match(identifier)
     if own:
         return uuid.UUID(own.group(1))
-    return keyed_uuid7(sent, "cap", sender, identifier, format_time(sent))
+    if agency is None:
+        return keyed_uuid7(sent, "cap", sender, identifier, format_time(sent))
+    return keyed_uuid7(sent, "cap", agency, sender, identifier, format_time(sent))
+
+
+def parse_reference(triple: str) -> tuple[str, str, datetime]:
+    """Split a CAP reference `sender,identifier,sent`; CapError if it is not one."""
+    parts = triple.split(",")
+    if len(parts) != 3:
+        raise CapError("cap_invalid_reference", f"a reference must be 'sender,identifier,sent', got {triple!r}")
+    try:
+        return parts[0], parts[1], datetime.fromisoformat(parts[2])
+    except ValueError:
+        raise CapError("cap_invalid_reference", f"reference {triple!r} has an invalid sent time") from None
 
 
 def keyed_uuid7(at: datetime, *parts: object) -> uuid.UUID:
@@ -152,6 +167,9 @@ def parse_cap(data: bytes) -> CapMessage:
     """Parse CAP 1.2 XML into BLOnet's model; raise CapError with a reason for anything refused."""
     root = parse_xml(data)
     sender, identifier = _text(root, "sender") or "", _text(root, "identifier") or ""
+    for name, value in (("sender", sender), ("identifier", identifier)):
+        if problem := control_character(value):  # XML 1.0 lets C1 controls through
+            raise CapError("cap_mapping", f"{name}: {problem}")
     sent = _time(_text(root, "sent"))
     msg_type = _text(root, "msgType") or "Alert"
     if msg_type in ("Ack", "Error"):
@@ -162,15 +180,8 @@ def parse_cap(data: bytes) -> CapMessage:
     references = (_text(root, "references") or "").split()
     if msg_type in ("Update", "Cancel") and not references:
         raise CapError("cap_no_references", f"a {msg_type} must name the message(s) it concerns in <references> (CAP 1.2, msgType)")
-    refs = []
-    for triple in references:
-        parts = triple.split(",")
-        if len(parts) != 3:
-            raise CapError("cap_invalid_reference", f"a reference must be 'sender,identifier,sent', got {triple!r}")
-        try:
-            refs.append(cap_alert_id(parts[0], parts[1], datetime.fromisoformat(parts[2])))
-        except ValueError:
-            raise CapError("cap_invalid_reference", f"reference {triple!r} has an invalid sent time") from None
+    # The ids as they were before agencies were part of them; the gateway resolves them by agency.
+    refs = [cap_alert_id(*parse_reference(triple)) for triple in references]
     scope = _text(root, "scope")
     addresses = [a or b for a, b in _ADDRESS.findall(_text(root, "addresses") or "")]
     doc: dict = {

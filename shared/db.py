@@ -6,6 +6,9 @@ another's tables" is enforced by the database, not by convention.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from alembic import command, context
@@ -14,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.settings import Settings
 
@@ -45,12 +48,56 @@ def service_url(settings: Settings, role: str) -> URL:
     )
 
 
+POOL_RECYCLE_SECONDS = 300
+
+
 def make_engine(settings: Settings, role: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(service_url(settings, role), pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    """Return a service's engine.
+
+    No pre-ping (it costs round trips on every checkout): connections are recycled after
+    POOL_RECYCLE_SECONDS, and a disconnect error invalidates the pool so the next checkout
+    reconnects; the consumer retries the batch (shared/kafka.py). `hide_parameters` keeps bound
+    values (alert text) out of every exception message and so out of every log line.
+    `synchronous_commit` stays at the server default (on): a commit is on disk before the
+    consumer moves its offsets (docs/architecture.md).
+    """
+    return create_async_engine(service_url(settings, role), pool_size=pool_size, max_overflow=10,
+                               pool_recycle=POOL_RECYCLE_SECONDS, hide_parameters=True)
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)
+# The outer transaction `one_transaction` opened in this task, by engine.
+_JOINED: ContextVar[dict[AsyncEngine, AsyncConnection]] = ContextVar("blonet_joined_transaction", default={})
+
+
+class Sessions:
+    """Opens sessions on a service's engine; inside `one_transaction(engine)` each session is a
+    savepoint of that one transaction (its commit releases the savepoint, its failure rolls it back)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._make = async_sessionmaker(engine, expire_on_commit=False)
+
+    def __call__(self) -> AsyncSession:
+        outer = _JOINED.get().get(self.engine)
+        if outer is None:
+            return self._make()
+        return self._make(bind=outer, join_transaction_mode="create_savepoint")
+
+
+def make_sessionmaker(engine: AsyncEngine) -> Sessions:
+    return Sessions(engine)
+
+
+@asynccontextmanager
+async def one_transaction(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Run the block in one transaction that commits at its end (rolls back on error): the consumer
+    isolates a poison record with savepoints in it, so the poll's good records commit once."""
+    async with engine.connect() as conn, conn.begin():
+        token = _JOINED.set({**_JOINED.get(), engine: conn})
+        try:
+            yield
+        finally:
+            _JOINED.reset(token)
 
 
 async def bootstrap(settings: Settings) -> None:

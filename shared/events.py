@@ -121,6 +121,8 @@ class Recipient(BaseModel):
     redacted: list[str] = Field([], description="fields removed from this recipient's view")
     rule: str = Field(description="the route rule (or 'addressee') that selected it")
     reason: str
+    agreement: str | None = Field(None, description="the agreement the view crosses the border under (None: no border)")
+    basis: str | None = Field(None, description="how that agreement was chosen among those in force")
 
 
 class Denial(BaseModel):

@@ -1,16 +1,17 @@
-"""Kafka plumbing on aiokafka: a durable producer and an at-least-once batch consumer."""
+"""Kafka plumbing on aiokafka: a durable producer and an at-least-once batch consumer with dead letters."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from aiokafka.errors import IllegalStateError
 
-from shared import tracing
+from shared import failures, tracing
 from shared.events import Envelope
 from shared.metrics import CONSUMER_LAG, CONSUMER_RETRIES, EVENTS_REJECTED
 from shared.settings import Settings
@@ -18,7 +19,14 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
+Probe = Callable[[], Awaitable[object]]  # raises when a dependency (the database, the broker) is unreachable
 LAG_INTERVAL_SECONDS = 1.0  # how often a consumer refreshes its lag gauges
+BACKOFF_SECONDS = (0.25, 5.0)  # retry pause during an outage: first, then doubling up to the last
+CONFIRM_SECONDS = 0.2  # a lone failing record is tried once more after this, before it is dead-lettered
+# A dead letter carries the source record's value and key plus a few headers: its topics accept
+# twice the broker's default record size, and so does the producer, so any source record fits.
+DEADLETTER_MAX_BYTES = 2 * 1024 * 1024
+DEADLETTER_HEADER = "blonet-deadletter-"  # prefix of the headers a dead letter adds
 
 
 def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKafkaProducer:
@@ -33,6 +41,7 @@ def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKa
         acks="all",
         linger_ms=1,
         request_timeout_ms=request_timeout_ms,
+        max_request_size=DEADLETTER_MAX_BYTES + 64 * 1024,  # the broker still enforces each topic's own limit
     )
 
 
@@ -81,24 +90,42 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"group": self.runner.group, "count": len(assigned)})
 
 
+def deadletter_of(record: ConsumerRecord) -> dict[str, str] | None:
+    """Return the dead-letter headers of a record (group, topic, partition, offset, error…), or None."""
+    found = {k.removeprefix(DEADLETTER_HEADER): v.decode("utf-8", "replace")
+             for k, v in record.headers or () if k.startswith(DEADLETTER_HEADER) and v is not None}
+    return found or None
+
+
 class EventConsumer:
-    """Consume batches per partition, hand each to `handler`, then commit explicit offsets.
+    """Consume a poll's records from all assigned partitions, hand them to `handler` in one call, commit.
 
     The handler must make its effects durable before returning (DB commit, produce acked):
-    only then is `{tp: last.offset + 1}` committed, so a crash replays, never skips. A handler
-    failing for a transient reason is retried from the first record of its batch after a pause;
-    a record it refuses as invalid (ValueError, e.g. a pydantic ValidationError) is isolated,
-    logged and skipped, so one poison record never blocks a partition.
+    only then is `{tp: last.offset + 1}` committed for every partition of the poll, so a crash
+    replays, never skips. When the handler fails:
+    - an outage (a connection-level error, or one of `probes` fails too: the database does not
+      answer `SELECT 1`, the broker gives no metadata) is waited out, retrying the same records
+      with a growing pause, forever; nothing is dead-lettered;
+    - otherwise the records are halved and each half handled again, until the failing record is
+      alone; tried once more, it goes to `deadletter_topic` with its group, source coordinates
+      and error (headers), and its offset moves on like the others'. The halves run inside one
+      `transaction()` (the service's: each handler session is then a savepoint of it), so the
+      poll's good records still commit together, once.
+    Without a dead-letter topic every failure is retried, as an outage.
     """
 
     def __init__(
         self, settings: Settings, *, group: str, topics: Sequence[str], handler: Handler,
         max_records: int = 200, fetch_max_wait_ms: int | None = None,
+        deadletter_topic: str | None = None, probes: Sequence[Probe] = (),
+        transaction: Callable[[], AbstractAsyncContextManager] = nullcontext,
     ) -> None:
         self.settings, self.group, self.topics, self.handler = settings, group, list(topics), handler
         self.max_records = max_records
         # Short waits keep the delivery path fast; consumers off it can poll far less often.
         self.fetch_max_wait_ms = fetch_max_wait_ms or settings.fetch_max_wait_ms
+        self.deadletter_topic, self.probes, self.transaction = deadletter_topic, list(probes), transaction
+        self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -132,9 +159,11 @@ class EventConsumer:
         try:
             while not self._stopping.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
-                for tp, records in batches.items():
-                    await self._handle(tp, records)
-                await self.commit_done()
+                records = [record for part in batches.values() for record in part]
+                if records:
+                    await self._handle(records)
+                    self._done.update({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
+                    await self.commit_done()
                 await self._report_lag()
         finally:
             try:
@@ -169,43 +198,113 @@ class EventConsumer:
             CONSUMER_LAG.remove(self.group, tp.topic, str(tp.partition))
         self._lag_reported -= partitions
 
-    async def _handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+    async def _handle(self, records: list[ConsumerRecord]) -> None:
+        """Handle one poll's records (any partitions) until each is done or dead-lettered."""
         # One CONSUMER span per record, child of its producer's; events the handler wraps with a
         # record's envelope as their cause become children of that record's span.
         with tracing.consuming(self.group, records) as spans:
-            await self._handle_batch(tp, records, spans)
+            if await self._outlasting(lambda: self._call(records, spans), "handler", spans) is None:
+                return
+            poison: list[tuple[ConsumerRecord, Exception]] = []
 
-    async def _handle_batch(self, tp: TopicPartition, records: list[ConsumerRecord], spans: tracing.Batch) -> None:
+            async def isolate() -> None:
+                nonlocal poison
+                async with self.transaction():  # the tries are savepoints: the good records commit once
+                    poison = await self._bisect(records, spans)
+
+            failed = await self._outlasting(isolate, "isolating a poison record", spans)
+            if failed is not None:  # the outer commit failed for another reason than an outage: unexpected
+                raise failed
+            for record, exc in poison:
+                await self._dead_letter(record, exc, spans)
+
+    async def _call(self, records: list[ConsumerRecord], spans: tracing.Batch) -> None:
+        if len(records) == 1:
+            with spans.current(records[0]):
+                await self.handler(records)
+        else:
+            await self.handler(records)
+
+    async def _bisect(self, records: list[ConsumerRecord], spans: tracing.Batch) -> list[tuple[ConsumerRecord, Exception]]:
+        """Handle `records` half by half down to the failing ones; return them with their errors.
+
+        An outage meanwhile raises: the whole isolation is rolled back and tried again later.
+        """
+        exc = await self._try(records, spans)
+        if exc is None:
+            return []
+        if len(records) > 1:
+            half = len(records) // 2
+            return await self._bisect(records[:half], spans) + await self._bisect(records[half:], spans)
+        await self._pause(CONFIRM_SECONDS)  # one more try, in case the probes missed a blip
+        exc = await self._try(records, spans)
+        return [] if exc is None else [(records[0], exc)]
+
+    async def _try(self, records: list[ConsumerRecord], spans: tracing.Batch) -> Exception | None:
+        try:
+            await self._call(records, spans)
+            return None
+        except Exception as exc:  # noqa: BLE001 - classified here
+            if await self._outage(exc):
+                raise
+            return exc
+
+    async def _outlasting(self, operation: Callable[[], Awaitable[None]], what: str,
+                          spans: tracing.Batch = tracing.OFF) -> Exception | None:
+        """Run `operation`, retried with a growing pause while its failures are an outage."""
+        pause = BACKOFF_SECONDS[0]
         while True:
             try:
-                await self.handler(records)
-                self._done[tp] = records[-1].offset + 1
-                return
-            except ValueError as exc:  # bad bytes or a broken contract: retrying cannot help
-                if len(records) > 1:  # find the poison record: the others are handled one by one
-                    for record in records:
-                        with spans.current(record):
-                            await self._handle_batch(tp, [record], spans)
-                    return
-                spans.failed(exc, records[0])
-                self._reject(tp, records[0])
-                return
-            except Exception as exc:  # database or broker trouble: retry the batch once it may be over
-                log.exception("handler failed; retrying batch", extra={"group": self.group, "topic": tp.topic})
+                await operation()
+                return None
+            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                if not await self._outage(exc):
+                    return exc
+                log.warning(f"{what} failed during an outage; retrying", extra={
+                    "group": self.group, "error_class": failures.error_class(exc), "error": failures.describe(exc),
+                    "retry_in_s": pause})
                 spans.failed(exc)
                 CONSUMER_RETRIES.labels(self.group).inc()
-                if self._stopping.is_set():
-                    raise
-                await asyncio.sleep(1.0)
+                await self._pause(pause)
+                pause = min(pause * 2, BACKOFF_SECONDS[1])
 
-    def _reject(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        """Skip a record no handler can use, loudly: it must never block its partition.
+    async def _outage(self, exc: Exception) -> bool:
+        if self.deadletter_topic is None or failures.transient(exc):
+            return True
+        for probe in self.probes:
+            try:
+                await probe()
+            except Exception:  # noqa: BLE001 - any probe failure means a dependency is away
+                return True
+        return False
 
-        The audit service keeps every record of every topic, rejected ones included.
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but leave at once (raising) when the service stops: the batch is replayed later."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return
+        raise asyncio.CancelledError("consumer stopping with a batch unfinished; it is replayed on restart")
+
+    async def _dead_letter(self, record: ConsumerRecord, exc: Exception, spans: tracing.Batch) -> None:
+        """Move a poison record to the dead-letter topic (acked before its offset moves on).
+
+        The log line names the record and the error, never its bytes. A record that is itself a
+        dead letter is not sent again (no loops): it stays on its dead-letter topic.
         """
-        log.error("record rejected", exc_info=True, extra={
-            "group": self.group, "topic": tp.topic, "partition": tp.partition, "offset": record.offset,
-            "value_excerpt": (record.value or b"")[:200].decode("utf-8", "replace"),
-        })
-        EVENTS_REJECTED.labels(self.group, tp.topic).inc()
-        self._done[tp] = record.offset + 1
+        spans.failed(exc, record)
+        EVENTS_REJECTED.labels(self.group, record.topic).inc()
+        facts = {"group": self.group, "topic": record.topic, "partition": record.partition, "offset": record.offset,
+                 "error_class": failures.error_class(exc), "error": failures.describe(exc)}
+        if deadletter_of(record) is not None:
+            log.error("dead letter could not be handled; it stays on its topic", extra=facts)
+            return
+        headers = [*(record.headers or ()), *((DEADLETTER_HEADER + k, str(v).encode()) for k, v in facts.items())]
+
+        async def send() -> None:
+            await self.producer.send_and_wait(self.deadletter_topic, value=record.value, key=record.key, headers=headers)
+
+        failed = await self._outlasting(send, "dead-lettering")
+        if failed is not None:  # never expected (the topic takes any source record): do not skip silently
+            raise failed
+        log.error("record dead-lettered", extra={**facts, "deadletter_topic": self.deadletter_topic})

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 # --- every service ------------------------------------------------------------------------------
 
 EVENTS_HANDLED = Counter("blonet_events_handled_total", "Events handled by a consumer", ["service", "type"])
-EVENTS_REJECTED = Counter("blonet_events_rejected_total", "Records a consumer could not use and skipped", ["group", "topic"])
+EVENTS_REJECTED = Counter("blonet_events_rejected_total", "Records a consumer could not use and moved to its dead-letter topic", ["group", "topic"])
 CONSUMER_RETRIES = Counter(
     "blonet_consumer_retries_total", "Batches a consumer's handler failed on (database or broker trouble) and retries",
     ["group"],

@@ -13,9 +13,10 @@ from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from shared import db, tracing
+from shared import db, failures, tracing
 from shared.bodylimit import BodyLimit
 from shared.kafka import EventConsumer, make_producer
+from shared.topics import deadletter_topic
 from shared.observability import configure_logging, install
 from shared.settings import Settings, get_settings
 
@@ -41,11 +42,17 @@ class Runtime:
         self.stopping = asyncio.Event()
 
     def consume(self, group: str, topics: list[str], handler, **kwargs) -> None:
-        """Run `handler` on batches of `topics` as a member of consumer group `group` (both prefixed)."""
+        """Run `handler` on batches of `topics` as a member of consumer group `group` (both prefixed).
+
+        A record the handler keeps failing on while the database and Kafka answer their probes
+        goes to `<service>.deadletter`; a failure the probes share is an outage, retried.
+        """
         topic_names = [self.settings.topic(t) for t in topics]
-        self.consumers.append(
-            EventConsumer(self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler, **kwargs)
-        )
+        self.consumers.append(EventConsumer(
+            self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler,
+            deadletter_topic=self.settings.topic(deadletter_topic(self.name).name),
+            probes=(self._check_db, self._check_kafka), transaction=lambda: db.one_transaction(self.engine), **kwargs,
+        ))
 
     async def _check_db(self) -> None:
         async with self.engine.connect() as conn:
@@ -60,13 +67,33 @@ class Runtime:
         await db.migrate(self.settings, self.name)
         self.producer = make_producer(self.settings, self.producer_timeout_ms)
         await self.producer.start()
+        for consumer in self.consumers:
+            consumer.producer = self.producer
         for step in self.before_consuming:
             await step()
         self._tasks = [asyncio.create_task(c.run(), name=f"consumer:{c.group}") for c in self.consumers]
-        self._tasks += [asyncio.create_task(w(), name=f"worker:{getattr(w, '__name__', 'worker')}") for w in self.workers]
+        self._tasks += [asyncio.create_task(self._supervised(w), name=f"worker:{getattr(w, '__name__', 'worker')}")
+                        for w in self.workers]
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
         log.info("service started", extra={"port": self.port})
+
+    async def _supervised(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a background worker; one that fails because the database or Kafka is away (a restart,
+        a dropped connection: pools no longer pre-ping) is started again after a pause. Any other
+        failure stops the service (`_on_task_done`)."""
+        pause = 0.5
+        while True:
+            try:
+                return await work()
+            except Exception as exc:
+                if self.stopping.is_set() or not failures.transient(exc):
+                    raise
+                log.warning("background worker failed during an outage; restarting it", extra={
+                    "worker": getattr(work, "__name__", "worker"), "error_class": failures.error_class(exc),
+                    "error": failures.describe(exc), "retry_in_s": pause})
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def _on_task_done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() and not self.stopping.is_set():

@@ -1,11 +1,12 @@
 """The catalogue of Kafka topics: one place that names each topic, its key and its parties."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from shared.kafka import DEADLETTER_MAX_BYTES
 from shared.settings import Settings
 
 
@@ -17,6 +18,7 @@ class Topic:
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
     purpose: str
+    config: dict[str, str] = field(default_factory=dict, hash=False)  # topic-level broker settings
 
 
 ALERTS_SUBMITTED = Topic(
@@ -48,11 +50,24 @@ OPERATIONS_ACTIONS = Topic(
     "operators' acts on delivery state: replay, recover, enable/disable, secret rotation, escalation",
 )
 ROUTING_RULES = Topic(
-    "routing.rules", "ruleset", 1, ("routing",), ("audit",),
+    "routing.rules", "ruleset", 1, ("routing",), ("audit", "gateway"),
     "each activation of a network directory and rule set, with its full content and who made it",
 )
+# Each service's poison records (shared/kafka.py): the source record's key, value and headers,
+# plus headers naming the consumer group, the source topic/partition/offset and the error.
+SERVICE_DEADLETTERS = tuple(
+    Topic(f"{service}.deadletter", "source record's key", 3, (service,), ("audit",),
+          f"records {service} could not handle (poison), with where they came from and why",
+          {"max.message.bytes": str(DEADLETTER_MAX_BYTES)})
+    for service in ("gateway", "routing", "notifier", "audit")
+)
 CATALOGUE = (ALERTS_SUBMITTED, ALERTS_ROUTED, DELIVERIES_REQUESTED, DELIVERIES_STATUS, ALERTS_ACKNOWLEDGED,
-             DELIVERIES_DEADLETTER, OPERATIONS_ACTIONS, ROUTING_RULES)
+             DELIVERIES_DEADLETTER, OPERATIONS_ACTIONS, ROUTING_RULES, *SERVICE_DEADLETTERS)
+
+
+def deadletter_topic(service: str) -> Topic:
+    """Return the dead-letter topic of `service`."""
+    return next(t for t in SERVICE_DEADLETTERS if t.name == f"{service}.deadletter")
 
 
 async def replication(admin: AIOKafkaAdminClient) -> tuple[int, dict[str, str]]:
@@ -65,9 +80,10 @@ async def replication(admin: AIOKafkaAdminClient) -> tuple[int, dict[str, str]]:
     return (3, {"min.insync.replicas": "2"}) if brokers >= 3 else (1, {})
 
 
-def new_topic(name: str, partitions: int, replicas: tuple[int, dict[str, str]]) -> NewTopic:
+def new_topic(name: str, partitions: int, replicas: tuple[int, dict[str, str]],
+              config: dict[str, str] | None = None) -> NewTopic:
     factor, configs = replicas
-    return NewTopic(name, num_partitions=partitions, replication_factor=factor, topic_configs=configs)
+    return NewTopic(name, num_partitions=partitions, replication_factor=factor, topic_configs={**configs, **(config or {})})
 
 
 async def create_topics(settings: Settings) -> list[str]:
@@ -78,7 +94,7 @@ async def create_topics(settings: Settings) -> list[str]:
         existing = set(await admin.list_topics())
         replicas = await replication(admin)
         wanted = [
-            new_topic(settings.topic(t.name), t.partitions, replicas)
+            new_topic(settings.topic(t.name), t.partitions, replicas, t.config)
             for t in CATALOGUE
             if settings.topic(t.name) not in existing
         ]

@@ -30,6 +30,8 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from shared import failures
+
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
     from opentelemetry.sdk.trace import TracerProvider
@@ -196,10 +198,16 @@ def traceparent_for(cause: Envelope | None = None) -> str | None:
 
 # --- spans --------------------------------------------------------------------------------------
 
+def _note(span: Span, exc: BaseException, **attributes: Any) -> None:
+    """Record an exception event whose message quotes no data (a pydantic message would quote the alert)."""
+    span.add_event("exception", {"exception.type": failures.error_class(exc), "exception.message": failures.describe(exc),
+                                 **attributes})
+
+
 def _error(span: Span, exc: BaseException | None = None, description: str | None = None) -> None:
     if exc is not None:
-        span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, description or (f"{type(exc).__name__}: {exc}" if exc else None)))
+        _note(span, exc)
+    span.set_status(Status(StatusCode.ERROR, description or (failures.describe(exc) if exc else None)))
 
 
 def start_producer(topic: str, key: str, envelope: Envelope) -> Span | None:
@@ -239,23 +247,27 @@ def end_producer(span: Span, ack: Any = None, exc: BaseException | None = None) 
 class Batch:
     """The CONSUMER spans of one batch being handled, one per record (empty when tracing is off)."""
 
-    def __init__(self, spans: dict[int, Span]) -> None:
-        self.spans = spans  # by offset
+    def __init__(self, spans: dict[tuple[str, int, int], Span]) -> None:
+        self.spans = spans  # by (topic, partition, offset): a batch spans partitions
+
+    @staticmethod
+    def key(record: ConsumerRecord) -> tuple[str, int, int]:
+        return record.topic, record.partition, record.offset
 
     def failed(self, exc: BaseException, record: ConsumerRecord | None = None) -> None:
         """Mark a rejected record's span (or, for a batch to be retried, note the error on every span)."""
         if record is not None:
-            span = self.spans.get(record.offset)
+            span = self.spans.get(self.key(record))
             if span is not None:
-                _error(span, exc, "record rejected")
+                _error(span, exc, "record dead-lettered")
         else:
             for span in self.spans.values():
-                span.record_exception(exc, attributes={"blonet.retrying": True})
+                _note(span, exc, **{"blonet.retrying": True})
 
     @contextmanager
     def current(self, record: ConsumerRecord) -> Iterator[None]:
         """Make `record`'s consumer span the current span."""
-        span = self.spans.get(record.offset)
+        span = self.spans.get(self.key(record))
         if span is None:
             yield
             return
@@ -263,7 +275,7 @@ class Batch:
             yield
 
 
-_OFF = Batch({})
+OFF = Batch({})  # tracing off: no spans
 
 
 @contextmanager
@@ -274,9 +286,9 @@ def consuming(group: str, records: Sequence[ConsumerRecord]) -> Iterator[Batch]:
     and with a single record its span is also the current one.
     """
     if _tracer is None or not records:
-        yield _OFF
+        yield OFF
         return
-    spans: dict[int, Span] = {}
+    spans: dict[tuple[str, int, int], Span] = {}
     by_event: dict[str, Span] = {}
     for record in records:
         headers = record.headers or ()
@@ -295,7 +307,7 @@ def consuming(group: str, records: Sequence[ConsumerRecord]) -> Iterator[Batch]:
             attributes["blonet.alert_id"] = extra["alert-id"]
         span = _tracer.start_span(f"process {record.topic}", context=extract_headers(headers), kind=SpanKind.CONSUMER,
                                   attributes=attributes)
-        spans[record.offset] = span
+        spans[Batch.key(record)] = span
         if "event-id" in extra:
             by_event[extra["event-id"]] = span
     token = _handling.set({**_handling.get(), **by_event})

@@ -71,7 +71,7 @@ CORPUS = [
     Case("capphp-workshop_output_2.49.0.1.276.DWD.PVW.1487857490473.4.conv.cap.xml", "CAP", "expired", ACCEPTED,
          "the same DWD warning as converted"),
     Case("handwritten-bcp47-languages.xml", "kg-sbs", ACCEPTED, ACCEPTED, "ru, zh-Hant, fil and en-us blocks"),
-    Case("handwritten-expires-equals-effective.xml", "kz-mof", ACCEPTED, ACCEPTED, "expires = effective = onset; es-419"),
+    Case("handwritten-expires-equals-effective.xml", "kg-customs", ACCEPTED, ACCEPTED, "expires = effective = onset; es-419"),
     Case("handwritten-onset-after-expires.xml", "uz-dcs", ACCEPTED, ACCEPTED, "a watch that expires before its onset; uz-Latn-UZ"),
     Case("handwritten-system-heartbeat.xml", "kg-sbs", "cap_no_info", "cap_no_info",
          "a System heartbeat without `<info>`: nothing to route"),

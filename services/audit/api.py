@@ -36,7 +36,7 @@ def present(row: dict) -> dict:
         body = row["body"]
         out["payload"] = None if body is None else {"nonce": b64(row["nonce"]), "body": b64(body)}
         out["payload_erased"] = body is None and "payload" in doc
-        if body is not None and doc["type"] != entry.REJECTED:
+        if body is not None and doc["type"] not in (entry.REJECTED, entry.DEADLETTER):
             out["event"] = orjson.loads(body)
     return out
 

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from aiokafka.structs import ConsumerRecord
 
 from services.audit import entry, service
+from shared.kafka import deadletter_of
 from shared.metrics import AUDIT_TREE_SIZE
 from shared.observability import EVENTS_HANDLED
 from shared.service import Runtime
@@ -15,14 +16,22 @@ from shared.service import Runtime
 log = logging.getLogger(__name__)
 
 
+def deadletter_facts(record: ConsumerRecord) -> dict[str, str] | None:
+    """A dead letter's headers, with the alert id the source record carried (for the alert's trail)."""
+    facts = deadletter_of(record)
+    if facts is not None:
+        facts["alert-id"] = next((v.decode("ascii", "replace") for k, v in record.headers if k == "alert-id" and v), "")
+    return facts
+
+
 class Recorder:
-    """Append a batch of records in one transaction; a malformed record is logged as rejected, never dropped."""
+    """Append a poll's records (every partition) in one transaction; a malformed record is logged as rejected, never dropped."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        drafts = [entry.from_record(r.topic, r.partition, r.offset, r.value) for r in records]
+        drafts = [entry.from_record(r.topic, r.partition, r.offset, r.value, deadletter_facts(r)) for r in records]
         async with self.rt.sessions() as session:
             appended = await service.append(session, drafts, datetime.now(timezone.utc))
             await session.commit()

@@ -25,10 +25,13 @@ from shared.events import Envelope
 
 FORMAT = 1
 REJECTED = "audit.rejected"  # a record on a topic that is not a valid event
+DEADLETTER = "audit.deadletter"  # a record a service could not handle, moved to its dead-letter topic
 ACCESS = "audit.access"  # an auditor's query
 ERASURE = "audit.erasure"  # payloads removed from the payload store
 NONCE_SIZE = 16
 _REJECTED_NS = uuid.UUID("6f1d7d0e-6a55-4c1b-9a63-0c2b3a0e51a1")  # names the ids of rejected records
+_DEADLETTER_NS = uuid.UUID("0b0e5d2c-52a8-4d4e-8f3e-4f1c9a6d7b20")  # names the ids of dead letters
+DEADLETTER_FIELDS = ("group", "topic", "partition", "offset", "error_class", "error")
 
 
 def canonical(doc: dict) -> bytes:
@@ -127,10 +130,34 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def from_record(topic: str, partition: int, offset: int, value: bytes | None) -> Draft:
-    """Return the draft entry of one Kafka record: an event, or a rejected record with the reason."""
+def _uuid(text: str | None) -> UUID | None:
+    try:
+        return UUID(text) if text else None
+    except ValueError:
+        return None
+
+
+def from_deadletter(source: dict, raw: bytes, facts: dict[str, str]) -> Draft:
+    """Return the entry of a dead letter: which group gave up on which record, and why (no data quoted)."""
+    original = {k: facts.get(k) for k in DEADLETTER_FIELDS}
+    for k in ("partition", "offset"):
+        original[k] = int(original[k]) if (original[k] or "").isdigit() else None
+    # Named by the group and the source record, so the same record dead-lettered again is logged once.
+    name = f"{original['group']}/{original['topic']}/{original['partition']}/{original['offset']}"
+    alert_id = _uuid(facts.get("alert-id"))
+    return Draft(uuid.uuid5(_DEADLETTER_NS, name), DEADLETTER,
+                 {"source": source, "deadletter": original, "alert_id": str(alert_id) if alert_id else None},
+                 payload=raw, alert_id=alert_id)
+
+
+def from_record(topic: str, partition: int, offset: int, value: bytes | None,
+                deadletter: dict[str, str] | None = None) -> Draft:
+    """Return the draft entry of one Kafka record: an event, a dead letter (`deadletter`: its
+    headers, see shared/kafka.py), or a rejected record with the reason."""
     source = {"topic": topic, "partition": partition, "offset": offset}
     raw = value or b""
+    if deadletter is not None:
+        return from_deadletter(source, raw, deadletter)
     try:
         env = Envelope.from_bytes(raw)
     except (ValidationError, ValueError) as exc:

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway import service
+from services.gateway.directory import ActiveDirectory
 from services.gateway.keycache import KeyCache
 from services.gateway.limits import RateLimiter, SlotStream, StreamSlots
 from services.gateway.ops import FlowHub
@@ -122,7 +123,7 @@ def streamer(slots: StreamSlots):
     return stream
 
 
-def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots) -> APIRouter:
+def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, directory: ActiveDirectory) -> APIRouter:
     api = APIRouter(prefix="/v1")
     stream = streamer(slots)
     Who = Annotated[Caller, Depends(authenticate)]
@@ -141,7 +142,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots) -> APIRo
     async def submit_alert(request: Request, who: Who, idempotency_key: IdempotencyKey = None, traceparent: Traceparent = None):
         """Submit an alert as BLOnet JSON or CAP 1.2 XML; 202 only once Kafka holds it durably (acks=all)."""
         sub = service.decode_submission(await request.body(), request.headers.get("content-type"))
-        result = await service.submit(rt, who, sub, idempotency_key=idempotency_key, traceparent=traceparent)
+        result = await service.submit(rt, who, sub, directory=directory, idempotency_key=idempotency_key, traceparent=traceparent)
         log_context.set({"alert_id": result[1].get("id")})
         return answer(result)
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.gateway import console, ops, ops_api, service
 from services.gateway.api import authenticator, count_refused_submission, install_errors, router, streamer
 from services.gateway.consumer import TOPICS, StatusView
+from services.gateway.directory import ActiveDirectory
 from services.gateway.keycache import KeyCache
 from services.gateway.limits import RateLimiter, StreamSlots
 from shared import db
@@ -27,7 +27,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt = Runtime("gateway", settings.gateway_port, settings)
     # Every request touches the database 2–3 times: a wider pool, and no pre-ping round trip per checkout
     # (a dead connection fails that one request, which the client retries safely with its Idempotency-Key).
-    rt.engine = create_async_engine(db.service_url(settings, "gateway"), pool_size=30, max_overflow=10, pool_recycle=300)
+    rt.engine = db.make_engine(settings, "gateway", pool_size=30)
     rt.sessions = db.make_sessionmaker(rt.engine)
     # Kafka itself gives up on a record at the accept deadline: a 503 is never followed by the alert landing.
     rt.producer_timeout_ms = int(settings.accept_timeout_seconds * 1000)
@@ -36,13 +36,18 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     async def purge_idempotency_keys() -> None:
         await service.purge_idempotency_keys(rt)
 
+    directory = ActiveDirectory(settings)  # who may originate, as routing last activated it
+
+    async def follow_directory() -> None:
+        await directory.follow(rt.stopping)
+
     hub, keys = ops.FlowHub(rt), KeyCache(rt)
-    rt.workers += [purge_idempotency_keys, hub.run, keys.listener.run]
+    rt.workers += [purge_idempotency_keys, hub.run, keys.listener.run, follow_directory]
     rt.on_body_refused = count_refused_submission
     app = rt.app(description=DESCRIPTION, version="1.0.0")
     authenticate = authenticator(keys, RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst))
     slots = StreamSlots(settings.max_streams_per_key)
-    app.include_router(router(rt, authenticate, hub, slots))
+    app.include_router(router(rt, authenticate, hub, slots, directory))
     app.include_router(ops_api.router(rt, hub, authenticate, streamer(slots)))
     console.install(app, rt, hub)
     install_errors(app)

@@ -97,6 +97,13 @@ async def thread_of(session: AsyncSession, alert_id: UUID) -> UUID | None:
     return await session.scalar(select(alerts.c.thread_id).where(alerts.c.alert_id == alert_id))
 
 
+async def cap_alert(session: AsyncSession, *, agency: str, sender: str, identifier: str, sent: str) -> UUID | None:
+    """Return the id of the CAP message `agency` sent as (sender, identifier, sent), whichever id scheme it got."""
+    return await session.scalar(select(alerts.c.alert_id).where(
+        alerts.c.sender_agency == agency, alerts.c.cap["sender"].astext == sender,
+        alerts.c.cap["identifier"].astext == identifier, alerts.c.cap["sent"].astext == sent).limit(1))
+
+
 async def record_alert(
     session: AsyncSession, *, alert_id: UUID, thread_id: UUID, sender_agency: str, submitted_by: str,
     received_at: datetime, alert: dict, cap: dict | None = None, cap_original: bytes | None = None,
@@ -109,10 +116,11 @@ async def record_alert(
     if cap is None:
         await session.execute(stmt.on_conflict_do_update(
             index_elements=[alerts.c.alert_id], set_={"trace_id": trace_id}, where=alerts.c.trace_id.is_(None)))
-    else:  # the status consumer may have written the row first, without the CAP origin
+    else:  # the status consumer may have written the row first, without the CAP origin; an original is never overwritten
         await session.execute(stmt.on_conflict_do_update(
             index_elements=[alerts.c.alert_id], set_={"cap": cap, "cap_original": cap_original,
-                                                      "trace_id": func.coalesce(alerts.c.trace_id, trace_id)}))
+                                                      "trace_id": func.coalesce(alerts.c.trace_id, trace_id)},
+            where=alerts.c.cap_original.is_(None) & (alerts.c.sender_agency == sender_agency)))
 
 
 async def record_routing(session: AsyncSession, alert_id: UUID, decision: AlertRouted) -> None:

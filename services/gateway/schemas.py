@@ -6,6 +6,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.alerts import Line, Text
 from shared.events import AckStatus, Denial
 
 
@@ -40,8 +41,8 @@ class AckRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"status": "acting", "comment": "Усиленный контроль на ПП Достук 15–20 мая", "unit": "kg-moi-dostuk"}]})
     status: AckStatus
-    comment: str | None = Field(None, max_length=2_000)
-    unit: str | None = Field(None, max_length=64, description="which of your units acknowledges (default: all of them)")
+    comment: Text | None = Field(None, max_length=2_000)
+    unit: Line | None = Field(None, max_length=64, description="which of your units acknowledges (default: all of them)")
 
 
 class AckAccepted(BaseModel):
@@ -54,9 +55,9 @@ class AckAccepted(BaseModel):
 class ForwardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"to": ["kg-moi-dostuk", "kg-customs-dostuk"], "comment": "для исполнения", "unit": "blo-dostuk"}]})
-    to: list[str] = Field(min_length=1, max_length=100, description="unit or agency ids of the network directory")
-    comment: str | None = Field(None, max_length=2_000)
-    unit: str | None = Field(None, max_length=64, description="which of your units forwards")
+    to: list[Line] = Field(min_length=1, max_length=100, description="unit or agency ids of the network directory")
+    comment: Text | None = Field(None, max_length=2_000)
+    unit: Line | None = Field(None, max_length=64, description="which of your units forwards")
 
 
 class ForwardAccepted(BaseModel):

@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
@@ -23,12 +23,13 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway import repository
+from services.gateway.directory import ActiveDirectory
 from services.gateway.ops import FlowHub
 from services.gateway.schemas import AlertStatus
 from shared import topics, tracing
-from shared.alerts import Alert, MsgType
+from shared.alerts import Alert
 from shared.auth import Principal, Role
-from shared.cap import CapError, CapMessage, format_time, keyed_uuid7, parse_cap, render_cap
+from shared.cap import CapError, CapMessage, cap_alert_id, format_time, keyed_uuid7, parse_cap, parse_reference, render_cap
 from shared.events import AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, Envelope, Payload
 from shared.ids import derived_id, new_id
 from shared.kafka import send
@@ -111,6 +112,13 @@ def check_submission(sub: Submission, caller: Caller, *, now: datetime, reject_e
         raise ApiError(422, "expired", f"the alert expired at {alert.expires.isoformat()}; nothing to send")
 
 
+def check_originator(directory: ActiveDirectory, caller: Caller) -> None:
+    """Refuse an agency the directory does not let originate alerts (observers, unless it says so)."""
+    if not directory.may_originate(caller.agency):
+        raise ApiError(403, "may_not_originate", f"{caller.agency} may not originate alerts (the directory's may_originate; "
+                                                 "observers may not unless it is set)")
+
+
 def request_hash(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(f"{method} {path}\n".encode() + body).hexdigest()
 
@@ -154,7 +162,12 @@ async def visible_or_404(rt: Runtime, caller: Caller, alert_id: UUID) -> Visible
 
 
 async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | None:
-    """Return the thread an update/cancel belongs to, refusing references the caller never saw."""
+    """Return the thread a message referencing earlier alerts joins, refusing references the caller never saw.
+
+    Only the sender agency may attach messages to its thread, whatever their msg_type: a message
+    joining another agency's thread would reach its recipients as if named explicitly. A
+    recipient replies by forward or acknowledgement.
+    """
     if not alert.references:
         return None
     threads = []
@@ -163,10 +176,36 @@ async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | No
             seen = await visible(session, caller, ref)
             if seen is None:
                 raise ApiError(422, "unknown_reference", f"references: unknown alert {ref}")
-            if alert.msg_type is not MsgType.ALERT and seen.row["sender_agency"] != caller.agency:
-                raise ApiError(403, "not_sender", f"only {seen.row['sender_agency']} may update or cancel alert {ref}")
+            if seen.row["sender_agency"] != caller.agency:
+                raise ApiError(403, "not_sender", f"only {seen.row['sender_agency']} may add to the thread of alert {ref}; "
+                                                  "reply by forward or acknowledgement")
             threads.append(seen.row["thread_id"])
     return threads[0]
+
+
+async def resolve_cap(rt: Runtime, caller: Caller, sub: Submission, directory: ActiveDirectory) -> tuple[Submission, UUID]:
+    """Tie a CAP message to the caller's agency: refuse another agency's sender, and give the message
+    and its references the ids of what this agency sent as (sender, identifier, sent).
+
+    Ids hash the agency with the triple, so no agency can claim another's; messages stored before
+    that keep the ids they have, since a triple resolves to the stored message first.
+    """
+    cap = sub.cap
+    problem = directory.cap_sender_problem(caller.agency, cap.sender)
+    if problem:
+        raise ApiError(403, "wrong_cap_sender", problem)
+    async with rt.sessions() as session:
+        async def id_of(sender: str, identifier: str, sent: datetime) -> UUID:
+            stored = await repository.cap_alert(session, agency=caller.agency, sender=sender, identifier=identifier,
+                                                sent=format_time(sent))
+            return stored or cap_alert_id(sender, identifier, sent, caller.agency)
+
+        alert_id = await id_of(cap.sender, cap.identifier, cap.sent)
+        references = [await id_of(*parse_reference(triple)) for triple in cap.references]
+        row = await repository.get_alert(session, alert_id)
+    if row and (row["sender_agency"] != caller.agency or (row["cap"] or {}).get("sender", cap.sender) != cap.sender):
+        raise ApiError(409, "cap_id_taken", f"alert {alert_id} was sent by another sender; its original stays as it is")
+    return replace(sub, alert=sub.alert.model_copy(update={"references": references})), alert_id
 
 
 # --- idempotent production ----------------------------------------------------------------------
@@ -267,15 +306,19 @@ def _wrap(rt: Runtime, payload: Payload, *, alert_id: UUID, thread_id: UUID, eve
 
 # --- the three acts: submit, acknowledge, forward -----------------------------------------------
 
-async def submit(rt: Runtime, caller: Caller, sub: Submission, *, idempotency_key: str | None, traceparent: str | None) -> tuple[int, dict]:
+async def submit(rt: Runtime, caller: Caller, sub: Submission, *, directory: ActiveDirectory, idempotency_key: str | None,
+                 traceparent: str | None) -> tuple[int, dict]:
     """Accept an alert once: answer only after Kafka holds it durably (acks=all)."""
     now = datetime.now(timezone.utc)
     check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts)
+    check_originator(directory, caller)
+    if sub.cap is not None:
+        sub, cap_id = await resolve_cap(rt, caller, sub, directory)
     thread = await resolve_thread(rt, caller, sub.alert)
     key = idempotency_key
     if sub.cap is not None:
         key = key or f"cap:{sub.cap.sender},{sub.cap.identifier},{format_time(sub.cap.sent)}"
-        mint = lambda: sub.cap.alert_id  # noqa: E731
+        mint = lambda: cap_id  # noqa: E731
     elif key is not None:
         mint = lambda: keyed_uuid7(now, "json", caller.agency, key)  # noqa: E731
     else:

@@ -2,6 +2,7 @@
 
 A request the notifier cannot honour (an endpoint it holds no secret for, a URL it may not
 post to) is stored as a dead letter with the reason, and announced, never dropped silently.
+A record that is no delivery request at all goes to notifier.deadletter (shared/kafka.py).
 """
 from __future__ import annotations
 
@@ -56,17 +57,12 @@ def refusal(settings: Settings, req: DeliveryRequested, known: set[str]) -> str 
 
 
 def decoded(records: Sequence[ConsumerRecord], model: type[P]) -> list[tuple[Envelope, P]]:
-    """Return the records that are `model` events; anything else is logged and skipped, never retried
-    forever (one undecodable record must not stop every endpoint's deliveries)."""
+    """Return each record as a `model` event. One that is not (bad bytes, another event) fails the
+    batch with a ValueError: the consumer splits it out to the dead-letter topic (shared/kafka.py)."""
     found = []
     for record in records:
-        try:
-            env = Envelope.from_bytes(record.value)
-            found.append((env, env.payload_as(model)))
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            log.error("skipping a record that is not a valid event", extra={
-                "topic": record.topic, "partition": record.partition, "offset": record.offset, "error": str(exc)[:300]})
-            EVENTS_HANDLED.labels("notifier", "undecodable").inc()
+        env = Envelope.from_bytes(record.value)
+        found.append((env, env.payload_as(model)))
     return found
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from services.notifier import repository
 from services.notifier.service import SYSTEM_ACTOR, fallback_id, record_action, resend_id
-from services.routing.directory import Directory, Endpoint
+from shared.directory import Directory, Endpoint
 from shared.service import Runtime
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.routing.directory import Agency, Agreement, Endpoint, Post, Unit
 from services.routing.network import Network
 from services.routing.rules import Match, Rule
 from shared.alerts import Alert
+from shared.directory import Agency, Agreement, Endpoint, Post, Unit
 
 DIMENSIONS = tuple(Match.model_fields)
 

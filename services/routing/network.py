@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from services.routing.directory import Directory
 from services.routing.rules import RuleSet
+from shared.directory import Directory
 
 
 class NetworkConfigError(ValueError):

@@ -10,10 +10,11 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from uuid import UUID
 
+from services.routing.agreements import Basis, Refusal, choose
 from services.routing.compiled import Compiled, alert_keys, walk_indexed, walk_naive
-from services.routing.directory import Agency
 from services.routing.rules import Rule, Selector
 from shared.alerts import Alert, Handling, MsgType, Tlp
+from shared.directory import Agency
 from shared.events import AlertForwarded, AlertRouted, Denial, Recipient, ViewProfile
 
 THREAD_RULE = "thread"
@@ -88,23 +89,16 @@ def _prior(net: Compiled, thread: Thread) -> list[Candidate]:
             for r in thread.recipients if r.agency in net.agencies]
 
 
-def _agreement_check(net: Compiled, alert: Alert, sender: Agency, c: Candidate, day: date) -> tuple[list[str], Denial | None]:
-    """Return (redactions, None) if an agreement lets the alert cross to the candidate, else the denial."""
-    def deny(code: str, why: str) -> tuple[list[str], Denial]:
-        return [], Denial(agency=c.agency.id, unit=c.unit, code=code, explanation=why)
-
+def _agreement_check(net: Compiled, alert: Alert, sender: Agency, c: Candidate, day: date) -> Basis | Denial:
+    """Return the agreement the alert crosses to the candidate under, decided over all in force, else the denial."""
     relevant = net.agreements_for(sender.country, c.agency)
     if not relevant:
-        return deny("no_agreement", f"no sharing agreement between {sender.country} and {c.agency.country or c.agency.id}")
-    active = [ag for ag in relevant if ag.active_on(day)]
-    if not active:
-        return deny("agreement_inactive", f"agreement {relevant[0].id} is not in force on {day.isoformat()}")
-    ag = active[0]
-    if alert.category not in ag.categories:
-        return deny("category_not_covered", f"agreement {ag.id} does not cover {alert.category}")
-    if alert.tlp.openness < ag.max_tlp.openness:
-        return deny("tlp_exceeds_agreement", f"agreement {ag.id} allows up to {ag.max_tlp}, the alert is {alert.tlp}")
-    return (["personal_data"] if alert.personal_data and not ag.personal_data else []), None
+        return Denial(agency=c.agency.id, unit=c.unit, code="no_agreement",
+                      explanation=f"no sharing agreement between {sender.country} and {c.agency.country or c.agency.id}")
+    found = choose(relevant, alert, day)
+    if isinstance(found, Refusal):
+        return Denial(agency=c.agency.id, unit=c.unit, code=found.code, explanation=found.why)
+    return found
 
 
 def admit(alert: Alert, sender: Agency, c: Candidate, net: Compiled, now: datetime,
@@ -125,16 +119,18 @@ def admit(alert: Alert, sender: Agency, c: Candidate, net: Compiled, now: dateti
     if cross_border and not c.agency.observer and direction and not c.explicit \
             and c.agency.country not in (direction.from_country, direction.to_country):
         return deny("not_on_route", f"{c.agency.country} is not on the {direction.from_country}→{direction.to_country} route")
-    redacted: list[str] = []
+    basis = None
     if cross_border:
-        redacted, denial = _agreement_check(net, alert, sender, c, (alert.effective or now).date())
-        if denial:
-            return denial
+        basis = _agreement_check(net, alert, sender, c, (alert.effective or now).date())
+        if isinstance(basis, Denial):
+            return basis
+    redacted = list(basis.redacted) if basis else []
     profile = ViewProfile.SUMMARY if c.agency.observer else ViewProfile.FULL
     if profile is ViewProfile.SUMMARY and alert.personal_data and "personal_data" not in redacted:
         redacted.append("personal_data")
     return Recipient(agency=c.agency.id, unit=c.unit, endpoint=c.endpoint, profile=profile, redacted=redacted,
-                     rule=c.rule, reason=c.why)
+                     rule=c.rule, reason=c.why, agreement=basis.agreement.id if basis else None,
+                     basis=basis.how if basis else None)
 
 
 def _collect(outcomes: list[Recipient | Denial], kind: str, net: Compiled, note: str | None = None,
@@ -160,9 +156,17 @@ def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive:
     sender = net.agencies.get(alert.sender_agency)
     if sender is None:
         return _collect([], kind, net, note=f"unknown sender agency {alert.sender_agency}: routed to no one")
+    if not sender.originates:  # the gateway refuses it first; a record that got past it reaches no one
+        return _collect([Denial(agency=sender.id, code="may_not_originate", explanation=f"{sender.id} may not originate alerts "
+                                "(an observer, unless the directory sets may_originate)")], kind, net,
+                        note=f"{sender.id} may not originate alerts: routed to no one")
+    owner = thread.original.sender_agency if thread.original else sender.id
+    if owner != sender.id:  # a recipient replies by forward or ack; its own message may not widen the thread
+        return _collect([], kind, net, note=f"only {owner}, the thread's sender agency, may add to its thread: routed to no one")
     prior = _prior(net, thread)
-    if alert.msg_type is MsgType.CANCEL:  # a cancel reaches exactly those who hold the thread
-        return _collect(list(thread.recipients), kind, net, note=None if prior else "nobody received this thread: nothing to cancel")
+    if alert.msg_type is MsgType.CANCEL:  # a cancel reaches only those who hold the thread, shaped from its own content
+        return _collect([admit(alert, sender, c, net, now, {}) for c in prior], kind, net,
+                        note=None if prior else "nobody received this thread: nothing to cancel")
     keys = alert_keys(alert, sender)
     rules = walk_naive(net.network.rules.rules, keys) if naive else walk_indexed(net.root, keys)
     denied_by_rule = {name: rule.deny_reason or f"rule {rule.id} denies it" for rule in rules for name in rule.deny}
@@ -180,7 +184,8 @@ def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive:
     own = {u.id for u in (net.posts[alert.sender_post].units if alert.sender_post in net.posts else ()) if u.agency == sender.id}
     # The same unit selected by several rules is decided once: the first selection explains it.
     unique = {(c.agency.id, c.unit, c.endpoint, c.explicit, c.rule == THREAD_RULE): c for c in reversed(candidates)}
-    candidates = [c for c in reversed(unique.values()) if c.unit is None or c.unit not in own]
+    candidates = [c for c in reversed(unique.values()) if (c.unit is None or c.unit not in own)
+                  and not (c.agency.id == sender.id and c.agency.observer)]  # no observer copy of its own alert
     outcomes = [admit(alert, sender, c, net, now, denied_by_rule) for c in candidates]
     note = None if rules or alert.addressees or prior else "no route rule matched this alert: routed to no one"
     return _collect(outcomes, kind, net, note)

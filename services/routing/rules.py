@@ -10,8 +10,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.routing.directory import AgencyKind
 from shared.alerts import Category, Severity, Urgency
+from shared.directory import AgencyKind
 
 
 class _Strict(BaseModel):

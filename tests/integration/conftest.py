@@ -15,10 +15,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.gateway import repository as gateway_repo
 from shared import db
 from shared.auth import Role, hash_api_key, new_api_key
+from shared.kafka import DEADLETTER_MAX_BYTES
 from shared.settings import REPO, Settings
 from tests.conftest import APP_ENV, STACK_ENV
 
@@ -53,6 +55,24 @@ async def in_session(settings: Settings, service: str, work):
             return result
     finally:
         await engine.dispose()
+
+
+async def read_topic(settings: Settings, name: str, partitions: int) -> list:
+    """Every record on a topic, from the beginning (dead letters up to their topics' size included)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * DEADLETTER_MAX_BYTES)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(name, p) for p in range(partitions)]
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        found = []
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            for part in (await consumer.getmany(timeout_ms=500)).values():
+                found += part
+        return found
+    finally:
+        await consumer.stop()
 
 
 async def make_key(settings: Settings, agency: str, *roles: Role) -> str:

@@ -64,7 +64,7 @@ async def test_every_corpus_message_gets_the_answer_of_its_table_row(settings, g
 
 
 async def test_a_corpus_message_needs_its_sender_agencys_key(settings, gateways):
-    other = await make_key(settings, "kz-mof", Role.SUBMIT)
+    other = await make_key(settings, "kg-moi", Role.SUBMIT)
     async with aiohttp.ClientSession() as http:
         code, answer = await _submit(http, gateways["live"], other, (DIR / "oasiscap-v1dot2_appendix_adot4.xml").read_bytes())
     assert (code, answer["code"]) == (403, "wrong_sender")

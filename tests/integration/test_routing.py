@@ -200,3 +200,103 @@ async def test_explain_under_a_candidate_compare_it_read_any_version_and_roll_ba
         assert [(h["hash"], h["source"]) for h in after["history"][:2]] == [
             (active["ruleset_hash"], "api"), (changed["ruleset_hash"], "api")]
         assert after["history"][0]["by"].startswith("key:")
+
+
+async def test_bilateral_and_trilateral_agreements_over_one_border(settings, services, inbox):
+    """The demo's KG–UZ bilateral protocol (listed first, no personal data) and the KG–UZ–TJ trilateral
+    on wanted persons (personal data allowed): each view crosses under the agreement that covers it."""
+    key = await make_key(settings, "kg-sbs", Role.SUBMIT)
+    gw = f"http://127.0.0.1:{settings.gateway_port}/v1/alerts"
+    wanted = {**SCENARIO, "category": "wanted_person", "addressees": ["uz-sbs-dustlik", "tj-bs-kyzyl-art"],
+              "personal_data": {"names": ["A. Example"]}}
+    risk = {**wanted, "category": "general_risk", "addressees": ["uz-sbs-dustlik"]}
+    ids = {}
+    async with aiohttp.ClientSession() as http:
+        for name, body in (("wanted", wanted), ("risk", risk)):
+            async with http.post(gw, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+                assert r.status == 202, await r.text()
+                ids[name] = (await r.json())["id"]
+        await wait_for(lambda: asyncio.sleep(0, all(received(inbox, ep, ids["wanted"]) for ep in ("ep-uz-sbs-dustlik", "ep-tj-bs-kyzyl-art"))
+                                                and received(inbox, "ep-uz-sbs-dustlik", ids["risk"])))
+        operator = await token_for(settings, http, "unodc", Role.OPERATOR)
+        decided = {}
+        for name, alert_id in ids.items():
+            async with http.get(f"http://127.0.0.1:{settings.routing_port}/v1/decisions/{alert_id}", headers=operator) as r:
+                decided[name] = {x["unit"]: x for x in (await r.json())[0]["decision"]["recipients"]}
+    # Only the trilateral covers wanted persons: both neighbours get the name under it.
+    for unit, ep in (("uz-sbs-dustlik", "ep-uz-sbs-dustlik"), ("tj-bs-kyzyl-art", "ep-tj-bs-kyzyl-art")):
+        assert decided["wanted"][unit]["agreement"] == "kg-uz-tj-wanted-2016"
+        assert decided["wanted"][unit]["basis"] == "the only agreement in force that covers it"
+        assert received(inbox, ep, ids["wanted"])[0]["alert"]["personal_data"] == {"names": ["A. Example"], "document_numbers": [], "vehicle_plates": []}
+    # Only the bilateral covers general risks, and it forbids personal data: the name stays home.
+    assert decided["risk"]["uz-sbs-dustlik"]["agreement"] == "kg-uz-blo-2015"
+    body = received(inbox, "ep-uz-sbs-dustlik", ids["risk"])[0]
+    assert "personal_data" not in body["alert"] and body["redacted"] == ["personal_data"]
+    assert decided["wanted"]["kg-moi-dostuk"]["agreement"] is None, "no border, no agreement"
+
+
+async def test_only_the_sender_agency_adds_to_its_thread(settings, services, inbox):
+    """Issue 12 defect 4 through the API: a recipient's message referencing the alert it received is
+    refused whatever its msg_type, and nothing is produced or stored; it replies by forward or ack."""
+    from tests.integration.test_end_to_end import _submitted_count
+
+    sender = await make_key(settings, "kg-sbs", Role.SUBMIT)
+    recipient = await make_key(settings, "kg-moi", Role.SUBMIT, Role.RECEIVE)
+    gw = f"http://127.0.0.1:{settings.gateway_port}/v1/alerts"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gw, json=SCENARIO, headers={"Authorization": f"Bearer {sender}"}) as r:
+            alert_id = (await r.json())["id"]
+
+        async def received_it():
+            async with http.get(f"{gw}/{alert_id}", headers={"Authorization": f"Bearer {recipient}"}) as r:
+                return r.status == 200
+
+        await wait_for(received_it)
+        before = await _submitted_count(settings)
+        for kind in ("alert", "update", "cancel"):
+            reply = {**SCENARIO, "sender_agency": "kg-moi", "sender_post": "dostuk", "msg_type": kind,
+                     "references": [alert_id], "tlp": "TLP:RED"}
+            async with http.post(gw, json=reply, headers={"Authorization": f"Bearer {recipient}"}) as r:
+                assert r.status == 403, (kind, await r.text())
+                assert (await r.json())["code"] == "not_sender"
+    await asyncio.sleep(0.5)  # anything wrongly produced would reach the status view by now
+    assert await _submitted_count(settings) == before
+
+
+async def test_an_observer_originates_only_where_the_directory_lets_it(settings, services, inbox):
+    """Issue 15 point 4: 403 may_not_originate at the edge, nothing produced; once an activation sets
+    may_originate, the gateway follows it from routing.rules, and the alert never comes back to its sender."""
+    from tests.integration.test_end_to_end import _submitted_count
+
+    key = await make_key(settings, "kz-mof", Role.SUBMIT)
+    gw = f"http://127.0.0.1:{settings.gateway_port}/v1/alerts"
+    rules = f"http://127.0.0.1:{settings.routing_port}/v1/routing/rules"
+    alert = {**SCENARIO, "sender_agency": "kz-mof", "sender_post": None}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        before = await _submitted_count(settings)
+        async with http.post(gw, json=alert) as r:
+            assert r.status == 403 and (await r.json())["code"] == "may_not_originate", await r.text()
+        assert await _submitted_count(settings) == before
+        operator = await token_for(settings, http, "unodc", Role.OPERATOR)
+        async with http.get(rules, headers=operator) as r:
+            active = await r.json()
+        content = copy.deepcopy(active["content"])
+        next(a for a in content["directory"]["agencies"] if a["id"] == "kz-mof")["may_originate"] = True
+        try:
+            async with http.put(rules, json=content, headers=operator) as r:
+                assert r.status == 200, await r.text()
+
+            async def accepted():
+                async with http.post(gw, json=alert) as r:
+                    return (await r.json())["id"] if r.status == 202 else None
+
+            alert_id = await wait_for(accepted)
+            await wait_for(lambda: asyncio.sleep(0, received(inbox, "ep-kg-gknb-bgs", alert_id)))
+            async with http.get(f"http://127.0.0.1:{settings.routing_port}/v1/decisions/{alert_id}", headers=operator) as r:
+                decision = (await r.json())[0]["decision"]
+            assert "kz-mof" not in {x["agency"] for x in decision["recipients"] + decision["denied"]}
+            assert not received(inbox, "ep-kz-mof", alert_id), "no observer copy of its own alert"
+        finally:
+            async with http.put(rules, json=active["content"], headers=operator) as r:
+                assert r.status == 200
+            await asyncio.sleep(2.5)  # every routing instance follows the restored version

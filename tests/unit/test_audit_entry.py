@@ -72,3 +72,23 @@ def test_summaries_keep_parties_and_codes_and_no_floats():
 def test_erasure_entries_compress_indexes_into_runs():
     draft = entry.erasure(new_id(), reason="retention", actor="system", indexes=[7, 3, 4, 5, 9])
     assert draft.fields["erased"] == {"count": 5, "indexes": [[3, 5], [7, 7], [9, 9]]}
+
+
+def test_a_dead_letter_becomes_an_entry_naming_its_source_and_error_not_its_data():
+    raw = b'{"headline": "Ivanov\\u0000"}'
+    facts = {"group": "t.routing", "topic": "t.alerts.submitted", "partition": "3", "offset": "17",
+             "error_class": "ValidationError", "error": "payload.alert.headline: Value error, control character U+0000",
+             "alert-id": "01900000-0000-7000-8000-000000000001"}
+    draft = entry.from_record("t.routing.deadletter", 1, 4, raw, facts)
+    assert draft.type == entry.DEADLETTER and draft.payload == raw
+    assert draft.fields["deadletter"] == {"group": "t.routing", "topic": "t.alerts.submitted", "partition": 3,
+                                          "offset": 17, "error_class": "ValidationError", "error": facts["error"]}
+    assert draft.fields["source"] == {"topic": "t.routing.deadletter", "partition": 1, "offset": 4}
+    assert str(draft.alert_id) == facts["alert-id"]
+    sealed = entry.seal(draft, 0, datetime(2026, 5, 14, tzinfo=timezone.utc), bytes(16))
+    assert b"Ivanov" not in sealed
+    again = entry.from_record("t.routing.deadletter", 2, 9, raw, facts)  # the same record dead-lettered again
+    assert again.event_id == draft.event_id
+    other = entry.from_record("t.routing.deadletter", 1, 5, raw, {**facts, "offset": "18"})
+    assert other.event_id != draft.event_id
+    assert entry.from_record("t.x", 0, 0, raw, {"group": "g", "partition": "x"}).fields["deadletter"]["partition"] is None

@@ -350,3 +350,11 @@ def test_standard_cap_is_accepted_or_refused_for_a_reason_the_standard_gives(mes
             raise
         return
     assert alert.headline and len(alert.headline) <= 200 and len(alert.translations) == max(0, len(facts["windows"]) - 1)
+
+
+@pytest.mark.parametrize("where", ["headline", "description", "identifier", "sender"])
+def test_control_characters_are_refused_naming_the_field(where):
+    doc = cap(ALERT).decode().replace(f"<{where}>", f"<{where}>X\u0085", 1)  # NEL: C1, and legal in XML 1.0
+    with pytest.raises(CapError) as caught:
+        parse_cap(doc.encode())
+    assert where in str(caught.value) and "control character" in str(caught.value)

@@ -37,14 +37,14 @@ def test_directory_references_are_checked_as_a_whole(tmp_path: Path):
     doc = yaml.safe_load((REPO / "deploy/network/directory.yaml").read_text())
     doc["posts"][0]["units"][0]["agency"] = "nobody"
     doc["posts"][0]["counterpart"] = "dostuk"  # Bor-Dobo and Dostuk do not face each other
-    doc["agreements"].append({**doc["agreements"][0], "id": "kg-uz-copy"})
+    doc["agreements"].append({**doc["agreements"][0], "title": "a second protocol with the same id"})
     (tmp_path / "directory.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
     (tmp_path / "rules.yaml").write_text("rules: [{id: r1, named: [ghost], match: {post: [atlantis]}}]")
     with pytest.raises(NetworkConfigError) as caught:
         load_network(tmp_path)
     text = str(caught.value)
     for expected in ("unit blo-bor-dobo: unknown agency nobody", "post bor-dobo: counterpart dostuk does not name it back",
-                     "agreements kg-uz-blo-2015 and kg-uz-copy: same parties with overlapping validity"):
+                     "agreement id kg-uz-blo-2015 is used twice"):
         assert expected in text, text
     (tmp_path / "directory.yaml").write_text((REPO / "deploy/network/directory.yaml").read_text())
     with pytest.raises(NetworkConfigError) as caught:

@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 from services.notifier.escalation import ack_deadline, escalation_rows, urgency_of
-from services.routing.directory import Endpoint
+from shared.directory import Endpoint
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 MINUTES = {"immediate": 15, "expected": 60}

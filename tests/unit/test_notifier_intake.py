@@ -1,5 +1,7 @@
-"""The notifier's intake skips records that are not its events instead of retrying them forever."""
+"""The notifier's intake reads its own events and refuses anything else, so the consumer dead-letters it."""
 from types import SimpleNamespace
+
+import pytest
 
 from services.notifier.consumer import decoded
 from shared.events import AckStatus, AlertAcknowledged, DeliveryRequested, Envelope, ViewProfile
@@ -10,11 +12,21 @@ def record(value: bytes, offset: int = 0) -> SimpleNamespace:
     return SimpleNamespace(topic="t", partition=0, offset=offset, value=value)
 
 
-def test_garbage_and_foreign_events_are_skipped_valid_requests_kept():
-    aid = new_id()
-    req = DeliveryRequested(delivery_id=new_id(), endpoint="ep", agency="a", url="https://a.example/", profile=ViewProfile.FULL, body={})
-    ack = AlertAcknowledged(agency="a", status=AckStatus.RECEIVED, acknowledged_by="k")
-    good = Envelope.wrap(req, origin_node="n", alert_id=aid, thread_id=aid).to_bytes()
-    foreign = Envelope.wrap(ack, origin_node="n", alert_id=aid, thread_id=aid).to_bytes()
-    found = decoded([record(b"probe deliveries.requested"), record(good, 1), record(foreign, 2), record(b"{}", 3)], DeliveryRequested)
-    assert [r.delivery_id for _, r in found] == [req.delivery_id]
+AID = new_id()
+REQUEST = DeliveryRequested(delivery_id=new_id(), endpoint="ep", agency="a", url="https://a.example/",
+                            profile=ViewProfile.FULL, body={})
+FOREIGN = Envelope.wrap(AlertAcknowledged(agency="a", status=AckStatus.RECEIVED, acknowledged_by="k"),
+                        origin_node="n", alert_id=AID, thread_id=AID).to_bytes()
+
+
+def test_valid_requests_are_read_in_order():
+    good = [Envelope.wrap(REQUEST, origin_node="n", alert_id=AID, thread_id=AID).to_bytes() for _ in range(2)]
+    found = decoded([record(good[0]), record(good[1], 1)], DeliveryRequested)
+    assert [r.delivery_id for _, r in found] == [REQUEST.delivery_id] * 2
+
+
+@pytest.mark.parametrize("value", [b"probe deliveries.requested", b"{}", b"\xff\xfe", FOREIGN])
+def test_garbage_and_foreign_events_fail_the_batch(value):
+    good = Envelope.wrap(REQUEST, origin_node="n", alert_id=AID, thread_id=AID).to_bytes()
+    with pytest.raises(ValueError):
+        decoded([record(good), record(value, 1)], DeliveryRequested)

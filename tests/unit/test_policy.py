@@ -1,16 +1,18 @@
 """The routing decision core: the exercise scenarios, each policy clause as a table, and invariants."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from uuid import uuid4
 
 import pytest
 
 from demo.scenario import EXPECTED_DENIED, EXPECTED_RECIPIENTS, FORWARD_TO, PRECURSORS, SCENARIO, YEAR
+from services.routing.agreements import Basis, Refusal, choose
 from services.routing.compiled import Compiled
 from services.routing.network import load_network, network_from
 from services.routing.policy import Thread, decide, decide_forward, differences, view
 from shared.alerts import Alert
+from shared.directory import Agreement
 from shared.events import AlertForwarded, ViewProfile
 from shared.settings import REPO
 
@@ -207,3 +209,138 @@ def test_alert_requires_core_fields(field):
     del doc[field]
     with pytest.raises(ValueError, match=field):
         Alert.model_validate(doc)
+
+
+# --- overlapping agreements: the KG–UZ bilateral protocol and the KG–UZ–TJ trilateral agreement -------
+
+WANTED = {**SCENARIO, "category": "wanted_person", "addressees": ["uz-sbs-dustlik", "tj-bs-kyzyl-art"],
+          "personal_data": {"names": ["A. Example"]}}
+
+
+def basis(d, unit: str) -> tuple[str | None, list[str]]:
+    r = next(r for r in d.recipients if r.unit == unit)
+    return r.agreement, r.redacted
+
+
+def test_a_recipient_covered_only_by_the_second_agreement_is_allowed_under_it():
+    # kg-uz-blo-2015 comes first in the file and does not cover wanted persons; the trilateral does.
+    d = route(alert(WANTED))
+    assert basis(d, "uz-sbs-dustlik") == ("kg-uz-tj-wanted-2016", [])
+    assert basis(d, "tj-bs-kyzyl-art") == ("kg-uz-tj-wanted-2016", [])
+    r = next(r for r in d.recipients if r.unit == "uz-sbs-dustlik")
+    assert r.basis == "the only agreement in force that covers it"
+
+
+def test_the_agreement_that_permits_the_personal_data_is_the_basis():
+    d = route(alert(WANTED, category="vehicle_lookout"))
+    assert basis(d, "uz-sbs-dustlik") == ("kg-uz-tj-wanted-2016", [])
+    assert "permits its personal data" in next(r.basis for r in d.recipients if r.unit == "uz-sbs-dustlik")
+
+
+def test_without_personal_data_the_most_restrictive_agreement_is_the_basis():
+    d = route(alert(WANTED, category="vehicle_lookout", personal_data=None))
+    assert basis(d, "uz-sbs-dustlik") == ("kg-uz-tj-wanted-2016", []), "2 categories are fewer than 7"
+    assert "most restrictive" in next(r.basis for r in d.recipients if r.unit == "uz-sbs-dustlik")
+    # Only the bilateral covers general risks: its ban on personal data shapes the view.
+    d = route(alert(WANTED, category="general_risk"))
+    assert basis(d, "uz-sbs-dustlik") == ("kg-uz-blo-2015", ["personal_data"])
+
+
+def test_file_order_of_agreements_does_not_change_any_decision():
+    doc = NET.network.content()
+    doc["directory"]["agreements"].reverse()
+    reversed_net = Compiled(network_from(doc))
+    for category in ("wanted_person", "vehicle_lookout", "general_risk", "drugs"):
+        for pd in (None, {"names": ["X"]}):
+            a = alert(WANTED, category=category, personal_data=pd)
+            assert route(a).model_dump(exclude={"ruleset_hash"}) == route(a, net=reversed_net).model_dump(exclude={"ruleset_hash"})
+
+
+def test_updates_and_cancels_of_the_thread_cross_under_the_same_choice():
+    original = alert(WANTED)
+    thread = original_thread(original)
+    for kind in ("update", "cancel"):
+        d = route(alert(WANTED, msg_type=kind, references=[uuid4()]), thread)
+        assert basis(d, "uz-sbs-dustlik") == ("kg-uz-tj-wanted-2016", [])
+
+
+def _ag(id: str, categories: list[str], max_tlp: str = "TLP:AMBER", personal_data: bool = False, **more) -> Agreement:
+    return Agreement(id=id, title=id, parties=("KG", "UZ"), categories=categories, max_tlp=max_tlp,
+                     personal_data=personal_data, valid_from=date(2015, 1, 1), **more)
+
+
+@pytest.mark.parametrize("agreements, changes, chosen", [
+    ([_ag("b", ["drugs", "weapons"]), _ag("a", ["drugs", "weapons", "precursors"])], {}, "b"),  # fewest categories
+    ([_ag("b", ["drugs"], "TLP:AMBER"), _ag("a", ["drugs"], "TLP:GREEN")], {"tlp": "TLP:GREEN"}, "a"),  # fewest labels cross
+    ([_ag("a", ["drugs"], personal_data=True), _ag("b", ["drugs"])], {}, "b"),  # no personal data
+    ([_ag("b", ["drugs"]), _ag("a", ["drugs"])], {}, "a"),  # then id
+    ([_ag("a", ["drugs"]), _ag("b", ["drugs", "weapons"], personal_data=True)], {"personal_data": {"names": ["X"]}}, "b"),
+    ([_ag("a", ["drugs"], valid_to=date(2016, 1, 1)), _ag("b", ["drugs", "weapons"])], {}, "b"),  # only those in force
+    ([_ag("a", ["weapons"]), _ag("b", ["drugs", "weapons"])], {}, "b"),  # only those covering the category
+])
+def test_choice_order(agreements, changes, chosen):
+    found = choose(agreements, alert(**changes), date(2017, 5, 15))
+    assert isinstance(found, Basis) and found.agreement.id == chosen
+
+
+@pytest.mark.parametrize("agreements, changes, code, words", [
+    ([_ag("a", ["drugs"], valid_to=date(2016, 1, 1)), _ag("b", ["drugs"], valid_to=date(2016, 1, 1))], {},
+     "agreement_inactive", "agreements a, b are not in force on 2017-05-15"),
+    ([_ag("a", ["weapons"]), _ag("b", ["precursors"])], {}, "category_not_covered", "agreements a, b do not cover drugs"),
+    ([_ag("a", ["drugs"], "TLP:GREEN"), _ag("b", ["drugs"], "TLP:CLEAR")], {"tlp": "TLP:AMBER"}, "tlp_exceeds_agreement",
+     "agreement a allows up to TLP:GREEN, b allows up to TLP:CLEAR, the alert is TLP:AMBER"),
+])
+def test_refusal_names_every_agreement_considered(agreements, changes, code, words):
+    assert choose(agreements, alert(**changes), date(2017, 5, 15)) == Refusal(code, words)
+
+
+# --- every message of a thread is shaped from its own content; only the sender agency extends its thread ---
+
+def test_a_cancel_is_shaped_by_the_agreement_in_force_from_its_own_content():
+    # Issue 12 defect 3: the original has no personal data, so its KG–UZ view was not redacted;
+    # the cancel names a person, and the KG–UZ protocol forbids personal data.
+    thread = original_thread(alert())
+    cancel = alert(msg_type="cancel", references=[uuid4()], personal_data={"names": ["A. Example"]})
+    d = route(cancel, thread)
+    uz = next(r for r in d.recipients if r.unit == "uz-sbs-dustlik")
+    assert uz.redacted == ["personal_data"] and uz.agreement == "kg-uz-blo-2015"
+    assert "personal_data" not in view(cancel, uz, alert_id=uuid4(), thread_id=uuid4(), sent_at=NOW)["alert"]
+    assert {r.endpoint for r in d.recipients} == set(EXPECTED_RECIPIENTS), "a cancel still reaches exactly the thread"
+    # A cancel more restricted than the agreement allows does not cross at all.
+    d = route(alert(msg_type="cancel", references=[uuid4()], tlp="TLP:AMBER+STRICT"), thread)
+    assert outcome(d)["uz-sbs-dustlik"] == "tlp_exceeds_agreement"
+
+
+@pytest.mark.parametrize("kind", ["alert", "update", "cancel"])
+def test_another_agency_cannot_attach_to_a_thread_and_widen_it(kind):
+    # Issue 12 defect 4: KG police received the border service's alert; its own TLP:RED message
+    # referencing it would otherwise reach every recipient of that thread as if named explicitly.
+    thread = original_thread(alert())
+    theirs = alert(sender_agency="kg-moi", sender_post="dostuk", msg_type=kind, references=[uuid4()], tlp="TLP:RED")
+    assert not route(theirs).recipients, "on its own, TLP:RED naming no one reaches no one"
+    d = route(theirs, thread)
+    assert not d.recipients
+    assert d.note == "only kg-sbs, the thread's sender agency, may add to its thread: routed to no one"
+
+
+# --- who may originate ---------------------------------------------------------------------------------
+
+def test_an_observer_may_not_originate_unless_the_directory_says_so():
+    a = alert(sender_agency="unodc", sender_post=None)
+    d = route(a)
+    assert not d.recipients and [(x.agency, x.code) for x in d.denied] == [("unodc", "may_not_originate")]
+    assert d.note == "unodc may not originate alerts: routed to no one"
+    doc = NET.network.content()
+    next(x for x in doc["directory"]["agencies"] if x["id"] == "kz-mof")["may_originate"] = True
+    d = route(alert(sender_agency="kz-mof", sender_post=None), net=Compiled(network_from(doc)))
+    assert "kg-gknb-bgs" in {r.agency for r in d.recipients}, "other observers still get their summary"
+    assert "kz-mof" not in {r.agency for r in d.recipients} | {x.agency for x in d.denied}, "never an observer copy of its own"
+    # And an agency the directory forbids, though no observer, is refused the same way.
+    next(x for x in doc["directory"]["agencies"] if x["id"] == "kg-sbs")["may_originate"] = False
+    assert [x.code for x in route(alert(), net=Compiled(network_from(doc))).denied] == ["may_not_originate"]
+
+
+def test_a_directory_without_may_originate_loads_with_the_same_hash():
+    assert all("may_originate" not in a for a in NET.network.content()["directory"]["agencies"])
+    assert network_from(NET.network.content()).hash == NET.hash
+    assert [a.id for a in NET.network.directory.agencies if not a.originates] == ["kg-gknb-bgs", "kz-mof", "unodc"]

@@ -11,7 +11,6 @@ from uuid import UUID
 
 import httpx
 import pytest
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from opentelemetry import trace
@@ -71,6 +70,9 @@ class FakeProducer:
         else:
             ack.set_result(SimpleNamespace(partition=0, offset=len(self.sent) - 1))
         return ack
+
+    async def send_and_wait(self, topic, value, key, headers):
+        return await (await self.send(topic, value, key, headers))
 
     def records(self) -> list[ConsumerRecord]:
         return [ConsumerRecord(s["topic"], 0, n, 0, 0, s["key"], s["value"], None, len(s["value"]), -1, tuple(s["headers"]))
@@ -143,7 +145,7 @@ async def test_one_kafka_hop_is_a_producer_consumer_producer_chain(spans):
         await asyncio.gather(*published)
 
     consumer = EventConsumer(Settings(), group="t.routing", topics=["t.alerts.submitted"], handler=handler)
-    await consumer._handle(TopicPartition("t.alerts.submitted", 0), first)
+    await consumer._handle(first)
 
     (send_submitted, send_routed) = by_kind(spans, SpanKind.PRODUCER)
     (process,) = by_kind(spans, SpanKind.CONSUMER)
@@ -183,7 +185,7 @@ async def test_each_record_of_a_batch_parents_its_own_effects(spans):
             cause = Envelope.from_bytes(record.value)
             made[cause.event_id] = routed(cause)  # wrapped, not yet sent: the batch is handled as a whole
 
-    await EventConsumer(Settings(), group="g", topics=["t.in"], handler=handler)._handle(TopicPartition("t.in", 0), records)
+    await EventConsumer(Settings(), group="g", topics=["t.in"], handler=handler)._handle(records)
     processes = {s.attributes["messaging.message.id"]: s for s in by_kind(spans, SpanKind.CONSUMER)}
     assert len(processes) == 3
     for event_id, effect in made.items():
@@ -192,7 +194,7 @@ async def test_each_record_of_a_batch_parents_its_own_effects(spans):
         assert span.attributes["messaging.batch.message_count"] == 3
 
 
-async def test_a_rejected_record_marks_its_span(spans):
+async def test_a_dead_lettered_record_marks_its_span(spans):
     producer = FakeProducer()
     await (await send(producer, "t.in", "k", submitted()))
     await (await send(producer, "t.in", "k", submitted()))
@@ -202,7 +204,10 @@ async def test_a_rejected_record_marks_its_span(spans):
         if any(r.offset == 1 for r in batch):
             raise ValueError("broken contract")
 
-    await EventConsumer(Settings(), group="g", topics=["t.in"], handler=handler)._handle(TopicPartition("t.in", 0), records)
+    consumer = EventConsumer(Settings(), group="g", topics=["t.in"], handler=handler, deadletter_topic="t.dlq")
+    consumer.producer = producer
+    await consumer._handle(records)
+    assert producer.sent[-1]["topic"] == "t.dlq"
     status = {s.attributes["messaging.kafka.offset"]: s.status.status_code for s in by_kind(spans, SpanKind.CONSUMER)}
     assert status == {0: StatusCode.UNSET, 1: StatusCode.ERROR}
 
@@ -229,7 +234,7 @@ async def test_off_the_traceparent_passes_every_hop_unchanged():
             seen.append((dict(record.headers)["traceparent"].decode(), cause.traceparent, routed(cause).traceparent,
                          tracing.traceparent_for(cause)))
 
-    await EventConsumer(Settings(), group="g", topics=["t.in"], handler=handler)._handle(TopicPartition("t.in", 0), producer.records())
+    await EventConsumer(Settings(), group="g", topics=["t.in"], handler=handler)._handle(producer.records())
     assert seen == [(gateway, gateway, gateway, gateway)]
     with tracing.client_span("POST", gateway, tracing.attempt_attributes({}, False)) as span:
         assert span is None and tracing.traceparent_of(span) is None  # the notifier then sends the stored one

@@ -1,10 +1,14 @@
-"""The network directory as data: pydantic models of deploy/network/directory.yaml."""
+"""The network directory as data: pydantic models of deploy/network/directory.yaml.
+
+Shared by routing (which decides with it), the notifier (fallback endpoints, ack deadlines) and
+the gateway (who may originate), each reading it without importing another service's code.
+"""
 from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from shared.alerts import Category, Tlp, Urgency
 
@@ -38,6 +42,22 @@ class Agency(_Strict):
         default_factory=lambda: dict(DEFAULT_ACK_MINUTES),
         description="how long a recipient has to acknowledge, by urgency; absent urgency: no deadline",
     )
+    may_originate: bool | None = Field(None, description="whether its keys may submit alerts; unset: every agency but observers")
+    cap_senders: tuple[str, ...] = Field((), description="the CAP <sender> values only this agency may use; none: any not listed by another")
+
+    @property
+    def originates(self) -> bool:
+        return self.may_originate if self.may_originate is not None else not self.observer
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Unset fields are left out, so a directory written before them keeps its version hash.
+        doc = handler(self)
+        if self.may_originate is None:
+            doc.pop("may_originate", None)
+        if not self.cap_senders:
+            doc.pop("cap_senders", None)
+        return doc
 
 
 class Unit(_Strict):
@@ -96,18 +116,6 @@ class Agreement(_Strict):
         return self.valid_from <= day and (self.valid_to is None or day <= self.valid_to)
 
 
-def _overlapping_agreements(agreements: tuple[Agreement, ...]) -> list[str]:
-    """Two agreements between the same parties in force on the same day make the policy ambiguous."""
-    problems = []
-    for i, a in enumerate(agreements):
-        for b in agreements[i + 1:]:
-            if set(a.parties) == set(b.parties):
-                a_end, b_end = a.valid_to or date.max, b.valid_to or date.max
-                if a.valid_from <= b_end and b.valid_from <= a_end:
-                    problems.append(f"agreements {a.id} and {b.id}: same parties with overlapping validity")
-    return problems
-
-
 class Directory(_Strict):
     countries: tuple[str, ...]
     agencies: tuple[Agency, ...]
@@ -143,7 +151,6 @@ class Directory(_Strict):
             problems += [f"agreement {ag.id}: unknown party {c}" for c in ag.parties if c not in self.countries]
             if ag.valid_to and ag.valid_to < ag.valid_from:
                 problems.append(f"agreement {ag.id}: valid_to is before valid_from")
-        problems += _overlapping_agreements(self.agreements)
         by_id = {p.id: p for p in self.posts}
         for p in self.posts:
             other = by_id.get(p.counterpart) if p.counterpart else None
@@ -153,9 +160,24 @@ class Directory(_Strict):
                 problems.append(f"post {p.id}: counterpart {other.id} must face it across the same border segment")
         ids = [x.id for x in (*self.agencies, *self.posts, *self.endpoints, *(u for _, u in self.units()))]
         problems += [f"id {i} is used twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
+        # Agreements may overlap (routing decides over all in force), but each id names one legal basis.
+        senders = [s for a in self.agencies for s in a.cap_senders]
+        problems += [f"CAP sender {s} is listed for two agencies" for s in sorted({s for s in senders if senders.count(s) > 1})]
+        agreement_ids = [ag.id for ag in self.agreements]
+        problems += [f"agreement id {i} is used twice" for i in sorted({i for i in agreement_ids if agreement_ids.count(i) > 1})]
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def cap_sender_problem(self, agency_id: str, sender: str) -> str | None:
+        """Why `agency_id` may not send CAP as `sender`, or None: another agency's sender, or not one of its own."""
+        owner = next((a.id for a in self.agencies if sender in a.cap_senders), None)
+        if owner is not None and owner != agency_id:
+            return f"CAP sender {sender} belongs to {owner}"
+        own = next((a.cap_senders for a in self.agencies if a.id == agency_id), ())
+        if own and sender not in own:
+            return f"{agency_id} sends CAP only as {', '.join(own)}"
+        return None
 
     def agency(self, agency_id: str) -> Agency:
         return next(a for a in self.agencies if a.id == agency_id)
