@@ -8,6 +8,8 @@ from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from shared import langtag
+
 # C0 and C1 control characters, DEL and lone surrogates: PostgreSQL refuses NUL in text and
 # jsonb, and none of them belongs in an alert. Free text may keep tab, newline and CR.
 _CONTROLS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff"
@@ -87,7 +89,7 @@ class Translation(BaseModel):
     """The alert's text in another language (CAP: one more <info> block)."""
 
     model_config = ConfigDict(extra="forbid")
-    language: str = Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    language: str = Field(pattern=langtag.PATTERN, description="a BCP 47 tag (xs:language), kept as sent")
     headline: Text = Field(min_length=1, max_length=200)
     description: Text = Field("", max_length=20_000)
     instruction: Text | None = Field(None, max_length=4_000)
@@ -162,7 +164,7 @@ class Alert(BaseModel):
     headline: Text = Field(min_length=1, max_length=200)
     description: Text = Field("", max_length=20_000)
     instruction: Text | None = Field(None, max_length=4_000, description="requested action")
-    language: str = Field("ru", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    language: str = Field("ru", pattern=langtag.PATTERN, description="a BCP 47 tag (xs:language), kept as sent")
     translations: list[Translation] = Field([], max_length=8, description="the same text in other languages")
     personal_data: PersonalData | None = None
     addressees: list[Line] = Field([], description="agency or unit ids named explicitly")
@@ -175,8 +177,8 @@ class Alert(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Alert:
-        if self.effective and self.expires and self.expires <= self.effective:
-            raise ValueError("expires must be later than effective")
+        if self.effective and self.expires and self.expires < self.effective:  # equal is valid CAP
+            raise ValueError("expires must not be earlier than effective")
         if self.msg_type != MsgType.ALERT and not self.references:
             raise ValueError(f"a {self.msg_type} needs references to the alert it concerns")
         if Handling.H3 in self.handling and not self.handling_note:

@@ -18,6 +18,7 @@ from importlib import resources
 from lxml import etree
 from pydantic import ValidationError
 
+from shared import langtag
 from shared.alerts import Alert, Category, MsgType, Status, Tlp, control_character
 
 NS = "urn:oasis:names:tc:emergency:cap:1.2"
@@ -27,6 +28,8 @@ P = "blonet:"  # prefix of BLOnet's own parameter, eventCode and geocode names
 MAX_INFO = 8
 MAX_AREAS = 32
 MAX_PARAMETERS = 64
+MAX_HEADLINE = 200  # CAP sets no limit; a longer headline is shortened (the original bytes keep it whole)
+MAX_TEXT = {"description": 20_000, "instruction": 4_000}  # BLOnet's size limits: cap_too_large beyond
 _BLONET_ID = re.compile(r"^urn:uuid:([0-9a-fA-F-]{36})$")
 _ADDRESS = re.compile(r'"([^"]*)"|(\S+)')
 _CATEGORY_EVENT = {
@@ -83,11 +86,11 @@ def parse_reference(triple: str) -> tuple[str, str, datetime]:
     """Split a CAP reference `sender,identifier,sent`; CapError if it is not one."""
     parts = triple.split(",")
     if len(parts) != 3:
-        raise CapError("cap_mapping", f"a reference must be 'sender,identifier,sent', got {triple!r}")
+        raise CapError("cap_invalid_reference", f"a reference must be 'sender,identifier,sent', got {triple!r}")
     try:
         return parts[0], parts[1], datetime.fromisoformat(parts[2])
     except ValueError:
-        raise CapError("cap_mapping", f"reference {triple!r} has an invalid sent time") from None
+        raise CapError("cap_invalid_reference", f"reference {triple!r} has an invalid sent time") from None
 
 
 def keyed_uuid7(at: datetime, *parts: object) -> uuid.UUID:
@@ -175,6 +178,8 @@ def parse_cap(data: bytes) -> CapMessage:
     if len(infos) > MAX_INFO:
         raise CapError("cap_too_large", f"{len(infos)} info blocks; at most {MAX_INFO} (one per language)")
     references = (_text(root, "references") or "").split()
+    if msg_type in ("Update", "Cancel") and not references:
+        raise CapError("cap_no_references", f"a {msg_type} must name the message(s) it concerns in <references> (CAP 1.2, msgType)")
     # The ids as they were before agencies were part of them; the gateway resolves them by agency.
     refs = [cap_alert_id(*parse_reference(triple)) for triple in references]
     scope = _text(root, "scope")
@@ -192,10 +197,12 @@ def parse_cap(data: bytes) -> CapMessage:
             for i in infos[1:]
         ]
     elif msg_type == "Cancel":  # a Cancel may carry no <info>: BLOnet's required fields get neutral values
-        doc.update(category="general_risk", severity="unknown", urgency="unknown", certainty="unknown",
-                   headline=_text(root, "note") or f"Cancel of {', '.join(references) or 'an earlier alert'}")
-    else:
-        raise CapError("cap_mapping", "an Alert or Update needs at least one <info> block")
+        doc.update(category="general_risk", severity="unknown", urgency="unknown", certainty="unknown", language="en-US",
+                   headline=_short(_text(root, "note") or f"Cancel of {', '.join(references)}"))
+    else:  # valid CAP (e.g. a System heartbeat), but nothing an agency could act on
+        raise CapError("cap_no_info", f"an {msg_type} without <info> carries no alert to route")
+    if doc.get("effective") and doc.get("expires") and datetime.fromisoformat(doc["expires"]) < datetime.fromisoformat(doc["effective"]):
+        raise CapError("expired", f"the alert expires ({doc['expires']}) before it takes effect ({doc['effective']}); nothing to send")
     try:
         alert = Alert.model_validate(doc)
     except ValidationError as exc:
@@ -213,13 +220,19 @@ def _info(info: etree._Element) -> dict:
         raise CapError("cap_too_large", f"at most {MAX_PARAMETERS} parameters and {MAX_AREAS} areas per info block")
     codes = dict(_pairs(info, "eventCode"))
     language = _text(info, "language") or "en-US"
+    expires, onset = _text(info, "expires"), _text(info, "onset")
+    if onset and expires and _time(onset) > _time(expires):
+        onset = None  # the message expires before the event begins (e.g. a watch): effective defaults to sent
+    for name, limit in MAX_TEXT.items():
+        if len(_text(info, name) or "") > limit:
+            raise CapError("cap_too_large", f"<{name}> is longer than {limit} characters")
     doc: dict = {
         "language": language,
         "category": codes.get(f"{P}category", Category.GENERAL_RISK.value),
         "urgency": (_text(info, "urgency") or "").lower(), "severity": (_text(info, "severity") or "").lower(),
         "certainty": (_text(info, "certainty") or "").lower(),
-        "effective": _text(info, "effective") or _text(info, "onset"), "expires": _text(info, "expires"),
-        "headline": _text(info, "headline") or _text(info, "event") or "",
+        "effective": _text(info, "effective") or onset, "expires": expires,
+        "headline": _short(_text(info, "headline") or _text(info, "event") or ""),
         "description": _text(info, "description") or "", "instruction": _text(info, "instruction"),
     }
     location: dict = {}
@@ -250,6 +263,10 @@ def _info(info: etree._Element) -> dict:
     if personal:
         doc["personal_data"] = personal
     return {k: v for k, v in doc.items() if v is not None}
+
+
+def _short(headline: str) -> str:
+    return headline if len(headline) <= MAX_HEADLINE else headline[: MAX_HEADLINE - 1] + "…"
 
 
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -286,7 +303,7 @@ def render_cap(
 ) -> bytes:
     """Render a recipient's alert view (as routing shapes it, or {"alert": ...}) as CAP 1.2 XML bytes (UTF-8).
 
-    `language` picks the one language to render (default: the alert's own plus every translation);
+    `language` picks the one language to render by BCP 47 lookup (default: the alert's own plus every translation);
     `references` overrides the rendered reference triples (default: BLOnet ids as urn:uuid).
     Only what the view holds is rendered, so a redacted or summary view stays redacted.
     """
@@ -312,8 +329,9 @@ def render_cap(
     if triples:
         _sub(root, "references", " ".join(triples))
     texts = [{k: a.get(k) for k in ("language", "headline", "description", "instruction")}, *a.get("translations", [])]
-    if language:
-        texts = [t for t in texts if t.get("language") == language] or texts[:1]
+    if language:  # RFC 4647 lookup: "ru-RU" finds "ru"; no match keeps the alert's own language
+        found = langtag.lookup([t.get("language") or "" for t in texts], language)
+        texts = [t for t in texts if t.get("language") == found][:1] or texts[:1]
     for text in texts:
         _render_info(root, a, text)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")

@@ -20,6 +20,7 @@ from services.gateway.schemas import (
     AckAccepted, AckRequest, Accepted, AlertPage, AlertStatus, ForwardAccepted, ForwardRequest, Problem, Token,
 )
 from services.gateway.service import ApiError, Caller
+from shared import langtag
 from shared.alerts import Category, MsgType, Severity, Status
 from shared.auth import hash_api_key, issue_token, split_api_key
 from shared.cap import MEDIA_TYPE as CAP
@@ -170,7 +171,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
         alert_id: UUID, who: Who,
         format: Annotated[Literal["json", "cap"], Query(description="json: status view; cap: the alert as CAP 1.2")] = "json",
         original: Annotated[bool, Query(description="with format=cap: the sender's CAP original, signature intact")] = False,
-        language: Annotated[str | None, Query(pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="with format=cap: one language only")] = None,
+        language: Annotated[str | None, Query(pattern=langtag.PATTERN, description="with format=cap: one language, by BCP 47 lookup")] = None,
     ):
         """Return the alert's progress as this caller may see it (senders: every recipient and denial)."""
         found = await service.visible_or_404(rt, who, alert_id)

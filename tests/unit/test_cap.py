@@ -121,8 +121,6 @@ def test_private_scope_addresses_become_addressees_and_tlp_red():
     (cap(ALERT.replace("<msgType>Alert</msgType>", "<msgType>Ack</msgType>")), "cap_unsupported"),
     (cap(ALERT.replace("<value>drugs</value>", "<value>cookies</value>")), "cap_mapping"),
     (cap(ALERT.replace("<value>TLP:AMBER+STRICT</value>", "<value>TLP:PURPLE</value>")), "cap_mapping"),
-    (cap("<msgType>Update</msgType><scope>Public</scope>" + INFO), "cap_mapping"),
-    (cap("<msgType>Alert</msgType><scope>Public</scope>"), "cap_mapping"),
     (cap(ALERT + INFO * MAX_INFO), "cap_too_large"),
     (cap(ALERT.replace("</area>", "</area>" + "<area><areaDesc>x</areaDesc></area>" * MAX_AREAS)), "cap_too_large"),
 ])
@@ -198,7 +196,7 @@ when = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2090, 1, 
 @st.composite
 def alerts(draw) -> Alert:
     effective = draw(st.none() | when)
-    expires = draw(st.none() | when.filter(lambda d: effective is None or d > effective))
+    expires = draw(st.none() | when.filter(lambda d: effective is None or d >= effective))
     handling = draw(st.lists(st.sampled_from([h for h in Handling if h is not Handling.H3]), unique=True, max_size=3))
     msg_type = draw(st.sampled_from(MsgType))
     return Alert(
@@ -208,10 +206,10 @@ def alerts(draw) -> Alert:
         urgency=draw(st.sampled_from(Urgency)), certainty=draw(st.sampled_from(Certainty)),
         effective=effective, expires=expires, location={"post": draw(st.none() | ident), "border_segment": draw(st.none() | st.sampled_from(["KG-UZ", "KG-TJ"]))},
         headline=draw(text), description=draw(st.just("") | text), instruction=draw(st.none() | text),
-        language=draw(st.sampled_from(["ru", "en", "uz", "en-US"])), tlp=draw(st.sampled_from(Tlp)), handling=handling,
+        language=draw(st.sampled_from(["ru", "en", "uz", "en-US", "en-us", "es-419", "zh-Hant", "fil"])), tlp=draw(st.sampled_from(Tlp)), handling=handling,
         personal_data=draw(st.none() | st.builds(dict, names=st.lists(text, min_size=1, max_size=2)).map(lambda d: d)),
         addressees=draw(st.lists(ident, max_size=3)), onward_permission=draw(st.booleans()),
-        translations=draw(st.lists(st.builds(dict, language=st.sampled_from(["en", "uz"]), headline=text), max_size=2)),
+        translations=draw(st.lists(st.builds(dict, language=st.sampled_from(["en", "uz", "zh-TW"]), headline=text), max_size=2)),
     )
 
 
@@ -226,6 +224,132 @@ def test_render_then_parse_is_the_identity(alert, sent):
     if alert.tlp is Tlp.RED and not alert.addressees:
         expected = alert.model_copy(update={"addressees": ["kg-moi"]})  # Private scope names the recipient
     assert back == expected
+
+
+def _info(language: str = "ru", times: str = "<expires>2030-05-20T23:59:59+06:00</expires>", text: str = "") -> str:
+    info = INFO.replace("<language>ru</language>", f"<language>{language}</language>")
+    return info.replace("<expires>2030-05-20T23:59:59+06:00</expires>", times).replace("<description>Ожидается попытка.</description>", text)
+
+
+@pytest.mark.parametrize("language", ["es-419", "zh-TW", "zh-tw", "fil", "zh-Hant", "en-us", "uz-Latn-UZ", "de-CH-1901"])
+def test_any_xs_language_tag_is_kept_as_sent(language):
+    a = parse_cap(cap(ALERT + _info(language))).alert
+    assert a.translations[0].language == language
+    assert parse_cap(cap("<msgType>Alert</msgType><scope>Public</scope>" + _info(language))).alert.language == language
+
+
+@pytest.mark.parametrize("times", [
+    "<effective>2030-05-20T00:00:00+06:00</effective><expires>2030-05-20T00:00:00+06:00</expires>",
+    "<onset>2030-05-20T00:00:00+06:00</onset><expires>2030-05-19T18:00:00+00:00</expires>",
+    "<effective>2030-05-20T00:00:00+06:00</effective><onset>2030-05-20T00:00:00+06:00</onset><expires>2030-05-20T00:00:00+06:00</expires>",
+])
+def test_expires_equal_to_effective_or_onset_is_accepted(times):
+    a = parse_cap(cap(ALERT.replace(INFO, _info(times=times)))).alert
+    assert a.expires == a.effective
+
+
+def test_onset_after_expires_leaves_effective_to_default():
+    times = "<onset>2030-06-01T00:00:00+06:00</onset><expires>2030-05-20T00:00:00+06:00</expires>"  # a watch, as NWS sends
+    a = parse_cap(cap(ALERT.replace(INFO, _info(times=times)))).alert
+    assert a.effective is None and a.expires == datetime(2030, 5, 20, tzinfo=timezone(timedelta(hours=6)))
+
+
+def test_expires_before_effective_is_expired_not_a_mapping_error():
+    times = "<effective>2030-05-21T00:00:00+06:00</effective><expires>2030-05-20T00:00:00+06:00</expires>"
+    with pytest.raises(CapError) as err:
+        parse_cap(cap(ALERT.replace(INFO, _info(times=times))))
+    assert err.value.code == "expired"
+
+
+@pytest.mark.parametrize("body, code", [
+    ("<msgType>Update</msgType><scope>Public</scope>" + INFO, "cap_no_references"),
+    ("<msgType>Cancel</msgType><scope>Public</scope><references> </references>", "cap_no_references"),
+    ("<msgType>Alert</msgType><scope>Public</scope>", "cap_no_info"),
+    ("<msgType>Update</msgType><scope>Public</scope><references>a,b,2026-05-10T09:30:00+06:00</references>", "cap_no_info"),
+    ("<msgType>Update</msgType><scope>Public</scope><references>a,b</references>" + INFO, "cap_invalid_reference"),
+    ("<msgType>Update</msgType><scope>Public</scope><references>a,b,yesterday</references>" + INFO, "cap_invalid_reference"),
+    ("<msgType>Alert</msgType><scope>Public</scope>" + _info(text=f"<description>{'x' * 20_001}</description>"), "cap_too_large"),
+    ("<msgType>Alert</msgType><scope>Public</scope>" + _info(text=f"<instruction>{'x' * 4_001}</instruction>"), "cap_too_large"),
+])
+def test_valid_cap_the_policy_cannot_route_gets_its_own_code(body, code):
+    with pytest.raises(CapError) as err:
+        parse_cap(_valid_bytes(cap(body)))
+    assert err.value.code == code
+
+
+def test_a_headline_longer_than_blonet_keeps_is_shortened_not_refused():
+    long = "Ж" * 300
+    a = parse_cap(cap(ALERT.replace("Риск наркотрафика через Достук", long))).alert
+    assert len(a.headline) == 200 and a.headline.endswith("…") and long.startswith(a.headline[:-1])
+
+
+def test_an_info_less_cancel_takes_caps_default_language():
+    body = "<msgType>Cancel</msgType><scope>Public</scope><references>kg-sbs@sbs.gov.kg,X-1,2026-05-10T09:30:00+06:00</references>"
+    assert parse_cap(_valid_bytes(cap(body))).alert.language == "en-US"
+
+
+@pytest.mark.parametrize("wanted, rendered", [("ru-RU", ["ru"]), ("EN-gb", ["en"]), ("zh-Hant-TW", ["zh-Hant"]),
+                                              ("uk", ["ru"]), ("en-us", ["en-US"])])
+def test_rendering_one_language_picks_it_by_bcp47_lookup(wanted, rendered):
+    alert = Alert.model_validate({**SCENARIO, "translations": [
+        {"language": "en", "headline": "Risk"}, {"language": "zh-Hant", "headline": "風險"}, {"language": "en-US", "headline": "Risk"}]})
+    root = etree.fromstring(render_cap(_view(alert), sender="blonet", identifier="i", sent=SENT, language=wanted))
+    ns = {"c": "urn:oasis:names:tc:emergency:cap:1.2"}
+    assert [i.findtext("c:language", namespaces=ns) for i in root.findall("c:info", ns)] == rendered
+
+
+CODES_FOR_VALID_CAP = {"cap_no_references", "cap_no_info", "cap_invalid_reference", "cap_too_large", "expired"}
+cap_time = st.sampled_from([SENT, SENT.astimezone(timezone.utc), SENT + timedelta(hours=1)]) | st.datetimes(  # equal times often
+    min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1),
+    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=6)), timezone(timedelta(hours=-5))]))
+language_tag = st.from_regex(r"[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8}){0,3}", fullmatch=True)
+plain = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=300).map(str.strip).filter(bool)
+
+
+@st.composite
+def standard_cap(draw) -> tuple[bytes, dict]:
+    """A schema-valid CAP 1.2 message using only what the standard defines (no blonet: entries)."""
+    from xml.sax.saxutils import escape
+    msg_type = draw(st.sampled_from(["Alert", "Update", "Cancel"]))
+    refs = draw(st.lists(st.builds(lambda i, t: f"kg-sbs@sbs.gov.kg,ID-{i},{format_time(t)}", st.integers(0, 99), cap_time), max_size=2))
+    infos, facts = [], {"refs": refs, "msg_type": msg_type, "windows": []}
+    for _ in range(draw(st.integers(0, 3))):
+        times = {name: draw(st.none() | cap_time) for name in ("effective", "onset", "expires")}
+        facts["windows"].append(times)
+        info = [f"<language>{draw(language_tag)}</language>" if draw(st.booleans()) else "",
+                f"<category>{draw(st.sampled_from(['Geo', 'Met', 'Safety', 'Security', 'Other']))}</category>",
+                f"<event>{escape(draw(plain))}</event>",
+                f"<urgency>{draw(st.sampled_from(['Immediate', 'Expected', 'Future', 'Past', 'Unknown']))}</urgency>",
+                f"<severity>{draw(st.sampled_from(['Extreme', 'Severe', 'Moderate', 'Minor', 'Unknown']))}</severity>",
+                f"<certainty>{draw(st.sampled_from(['Observed', 'Likely', 'Possible', 'Unlikely', 'Unknown']))}</certainty>",
+                *(f"<{n}>{format_time(t)}</{n}>" for n, t in times.items() if t is not None),
+                f"<headline>{escape(draw(plain))}</headline>" if draw(st.booleans()) else ""]
+        infos.append("<info>" + "".join(info) + "</info>")
+    body = (f"<msgType>{msg_type}</msgType><scope>Public</scope>"
+            + (f"<references>{' '.join(refs)}</references>" if refs else "") + "".join(infos))
+    return cap(body), facts
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(standard_cap())
+def test_standard_cap_is_accepted_or_refused_for_a_reason_the_standard_gives(message):
+    data, facts = message
+    _valid(data)
+    try:
+        alert = parse_cap(data).alert
+    except CapError as err:
+        assert err.code in CODES_FOR_VALID_CAP, str(err)
+        if err.code == "cap_no_references":
+            assert facts["msg_type"] != "Alert" and not facts["refs"]
+        elif err.code == "cap_no_info":
+            assert facts["msg_type"] != "Cancel" and not facts["windows"]
+        elif err.code == "expired":
+            w = facts["windows"][0]
+            assert w["effective"] and w["expires"] and w["expires"] < w["effective"]
+        else:
+            raise
+        return
+    assert alert.headline and len(alert.headline) <= 200 and len(alert.translations) == max(0, len(facts["windows"]) - 1)
 
 
 @pytest.mark.parametrize("where", ["headline", "description", "identifier", "sender"])

@@ -55,6 +55,8 @@ def test_unknown_fields_are_refused():
         Alert.model_validate({**SCENARIO, "colour": "red"})
 
 
-def test_expiry_must_follow_effective():
-    with pytest.raises(ValueError, match="expires must be later"):
+def test_expiry_must_not_precede_effective_but_may_equal_it():
+    with pytest.raises(ValueError, match="expires must not be earlier"):
         Alert.model_validate({**SCENARIO, "expires": "2017-05-01T00:00:00+06:00"})
+    same = Alert.model_validate({**SCENARIO, "expires": SCENARIO["effective"]})  # valid CAP: in force for an instant
+    assert same.expires == same.effective
