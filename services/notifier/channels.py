@@ -17,6 +17,7 @@ from services.notifier import egress
 from services.notifier.retry import RETRY_AFTER_STATUSES, Outcome, parse_retry_after
 from shared.cap import MEDIA_TYPE as CAP_MEDIA_TYPE
 from shared.cap import render_cap
+from shared.langtag import lookup
 from shared.settings import Settings
 
 EXCERPT_BYTES = 512
@@ -24,13 +25,16 @@ TEXT_FIELDS = ("headline", "description", "instruction")
 
 
 def localised(view: dict, language: str | None) -> dict:
-    """Return the view with the alert's text in `language` when the alert has that translation."""
+    """Return the view with the alert's text in the endpoint's `language`, picked by BCP 47 lookup
+    (`ru-RU` takes a Russian `ru` text) among the alert's own language and its translations."""
     alert = view.get("alert")
-    if not language or not isinstance(alert, dict) or alert.get("language") == language:
+    if not language or not isinstance(alert, dict):
         return view
-    found = next((t for t in alert.get("translations") or [] if t.get("language") == language), None)
-    if found is None:
+    translations = alert.get("translations") or []
+    tag = lookup([alert.get("language") or "", *(t.get("language") or "" for t in translations)], language)
+    if tag is None or tag == alert.get("language"):
         return view
+    found = next(t for t in translations if t.get("language") == tag)
     own = {k: alert.get(k) for k in ("language", *TEXT_FIELDS)}
     others = [t for t in alert["translations"] if t is not found] + [own]
     return {**view, "alert": {**alert, **{k: v for k, v in found.items() if v is not None}, "translations": others}}

@@ -35,6 +35,9 @@ def test_json_takes_the_endpoints_language_when_the_alert_has_it():
     assert shown["language"] == "en" and shown["headline"] == "Risk at Dostuk"
     assert {t["language"] for t in shown["translations"]} == {v["alert"]["language"]}, "the original stays as a translation"
     assert localised(v, "de") == v, "a language the alert lacks leaves it as it is"
+    assert localised(v, "en-GB")["alert"]["headline"] == "Risk at Dostuk", "BCP 47 lookup: en-GB takes the en text"
+    assert localised(v, "EN")["alert"]["headline"] == "Risk at Dostuk", "tags match whatever their case"
+    assert localised(v, v["alert"]["language"] + "-KG") == v, "the alert's own language, found by lookup, stays as it is"
 
 
 def test_cap_is_schema_valid_stable_across_retries_and_reads_back():
