@@ -3,6 +3,7 @@ backoff when it exits on its own, as systemd's `Restart=on-failure` would, so a 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import sys
@@ -11,6 +12,12 @@ from collections.abc import Callable
 BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)  # the wait before restart 1, 2, …; the last one repeats
 STEADY_SECONDS = 60  # an instance up this long starts its backoff afresh
 Say = Callable[[str], None]
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when `blonet run` dies, even by kill -9, so no service outlives it."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Supervised:
@@ -25,7 +32,7 @@ class Supervised:
     async def _start(self) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", self.module, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env=self.env, start_new_session=True)
+            env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
 
     async def _stream(self, proc: asyncio.subprocess.Process) -> None:
         async for line in proc.stdout:
