@@ -190,3 +190,7 @@ class Directory(_Strict):
 
     def units(self) -> list[tuple[Post, Unit]]:
         return [(p, u) for p in self.posts for u in p.units]
+
+    def addressable(self) -> frozenset[str]:
+        """The ids an alert's addressees or a forward may name: every agency and every unit."""
+        return frozenset(a.id for a in self.agencies) | frozenset(u.id for _, u in self.units())

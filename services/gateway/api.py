@@ -210,7 +210,8 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
         """Pass an alert your agency received on to named units or agencies; routing applies the original's limits."""
         return answer(await service.forward(
             rt, who, alert_id, to=body.to, comment=body.comment, unit=body.unit,
-            raw=body.model_dump_json().encode(), idempotency_key=idempotency_key, traceparent=traceparent))
+            raw=body.model_dump_json().encode(), idempotency_key=idempotency_key, traceparent=traceparent,
+            directory=directory))
 
     @api.post("/auth/token", response_model=Token, responses=_problems(401, 429))
     async def exchange_token(who: Who) -> Token:

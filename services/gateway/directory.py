@@ -30,6 +30,10 @@ def directory_of(value: bytes) -> tuple[str, Directory] | None:
         return None
 
 
+class DirectoryUnavailable(Exception):
+    """No network directory is known yet (no file, no announcement on routing.rules)."""
+
+
 class ActiveDirectory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -55,6 +59,12 @@ class ActiveDirectory:
         """Whether the directory lets `agency` submit alerts (an agency it does not list: routing decides)."""
         listed = {a.id: a for a in self.current.agencies} if self.current else {}
         return agency not in listed or listed[agency].originates
+
+    def names(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The ids an alert may name as addressees (agencies, units) and as its post; 503 while none is known."""
+        if self.current is None:
+            raise DirectoryUnavailable()
+        return self.current.addressable(), frozenset(p.id for p in self.current.posts)
 
     def cap_sender_problem(self, agency: str, sender: str) -> str | None:
         """Why `agency` may not send CAP as `sender` (another agency's, or not one of its own), or None."""

@@ -30,6 +30,8 @@ class Accepted(BaseModel):
     thread_id: UUID
     status_url: str
     cap: CapOrigin | None = None
+    dropped: dict[str, int] | None = Field(None, description="CAP only: names left out because the network directory "
+                                           "lacks them, counted by reason (unknown_addressee, unknown_post)")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "0190a3c1-7d2e-7b4a-9c1e-1f2a3b4c5d6e", "thread_id": "0190a3c1-7d2e-7b4a-9c1e-1f2a3b4c5d6e",

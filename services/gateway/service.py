@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway import repository
-from services.gateway.directory import ActiveDirectory
+from services.gateway.directory import ActiveDirectory, DirectoryUnavailable
 from services.gateway.ops import FlowHub
 from services.gateway.schemas import AlertStatus
 from shared import topics, tracing
@@ -117,6 +117,53 @@ def check_originator(directory: ActiveDirectory, caller: Caller) -> None:
     if not directory.may_originate(caller.agency):
         raise ApiError(403, "may_not_originate", f"{caller.agency} may not originate alerts (the directory's may_originate; "
                                                  "observers may not unless it is set)")
+
+
+UNKNOWN_NAME = "not an agency or unit id of the network directory"
+
+
+def known_names(directory: ActiveDirectory) -> tuple[frozenset[str], frozenset[str]]:
+    try:
+        return directory.names()
+    except DirectoryUnavailable:
+        raise ApiError(503, "directory_unavailable", "the network directory is not known yet; try again shortly",
+                       headers={"Retry-After": RETRY_AFTER}) from None
+
+
+def check_names(directory: ActiveDirectory, sub: Submission) -> tuple[Submission, dict[str, int]]:
+    """Only directory ids may name addressees and the sender's post: free text there would reach the
+    audit log, which keeps entries for good. JSON: an unknown id is a 422 naming the field (never
+    quoting it). CAP: a valid message is not refused for it; unknown `<addresses>` and an unknown
+    `blonet:sender_post` are dropped, and the answer counts them."""
+    alert = sub.alert
+    if not alert.addressees and alert.sender_post is None:
+        return sub, {}
+    agencies_and_units, posts = known_names(directory)
+    bad = [i for i, name in enumerate(alert.addressees) if name not in agencies_and_units]
+    bad_post = alert.sender_post is not None and alert.sender_post not in posts
+    if sub.cap is None:
+        errors = [{"loc": ["body", "addressees", i], "msg": UNKNOWN_NAME, "type": "unknown_addressee"} for i in bad]
+        if bad_post:
+            errors.append({"loc": ["body", "sender_post"], "msg": "not a post id of the network directory", "type": "unknown_post"})
+        if errors:
+            raise ApiError(422, errors[0]["type"], "addressees and sender_post take ids of the network directory only",
+                           errors=errors)
+        return sub, {}
+    update, dropped = {}, {}
+    if bad:
+        update["addressees"], dropped["unknown_addressee"] = [n for n in alert.addressees if n in agencies_and_units], len(bad)
+    if bad_post:
+        update["sender_post"], dropped["unknown_post"] = None, 1
+    return (replace(sub, alert=alert.model_copy(update=update)), dropped) if update else (sub, {})
+
+
+def check_forward_names(directory: ActiveDirectory, to: list[str]) -> None:
+    """A forward names directory ids only (its `to` reaches the audit log)."""
+    agencies_and_units, _ = known_names(directory)
+    errors = [{"loc": ["body", "to", i], "msg": UNKNOWN_NAME, "type": "unknown_addressee"}
+              for i, name in enumerate(to) if name not in agencies_and_units]
+    if errors:
+        raise ApiError(422, "unknown_addressee", "a forward's `to` takes ids of the network directory only", errors=errors)
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -312,6 +359,7 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, directory: Act
     now = datetime.now(timezone.utc)
     check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts)
     check_originator(directory, caller)
+    sub, dropped = check_names(directory, sub)
     if sub.cap is not None:
         sub, cap_id = await resolve_cap(rt, caller, sub, directory)
     thread = await resolve_thread(rt, caller, sub.alert)
@@ -346,6 +394,8 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, directory: Act
         body = {"id": str(alert_id), "thread_id": str(thread_id), "status_url": f"{rt.settings.public_base_url}/v1/alerts/{alert_id}"}
         if cap:
             body["cap"] = cap
+        if dropped:
+            body["dropped"] = dropped
         return 202, body, record
 
     return await idempotent(rt, caller, key, request_hash("POST", "/v1/alerts", sub.raw), mint, accept)
@@ -383,9 +433,10 @@ async def acknowledge(
 
 async def forward(
     rt: Runtime, caller: Caller, alert_id: UUID, *, to: list[str], comment: str | None, unit: str | None,
-    raw: bytes, idempotency_key: str | None, traceparent: str | None,
+    raw: bytes, idempotency_key: str | None, traceparent: str | None, directory: ActiveDirectory,
 ) -> tuple[int, dict]:
     """Pass an alert on to named units or agencies, as an alert.forwarded event routing decides on."""
+    check_forward_names(directory, to)
     unit, thread_id = await _as_recipient(rt, caller, alert_id, "forward", unit)
 
     async def act(forward_id: UUID) -> tuple[int, dict, Record]:
