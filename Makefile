@@ -34,9 +34,9 @@ run: setup-run install  ## start Kafka, PostgreSQL, the four services and the de
 test: setup-test install  ## run every test on the test stack; stops the stack it started (KEEP_STACK=1 keeps it)
 	@$(TEST_STACK) KEEP_STACK=$(KEEP_STACK) deploy/test.sh $(PYTEST_ARGS)
 
-stop:  ## stop anything `make run` or `make test` left running
-	-deploy/stack.sh stop
-	-$(TEST_STACK) deploy/stack.sh stop
+stop:  ## stop anything `make run` or `make test` left running, and delete a database kept outside the checkout
+	-deploy/stack.sh clean
+	-$(TEST_STACK) deploy/stack.sh clean
 
 bench: setup-run install  ## the throughput/latency benchmark against a running `make run` stack
 	$(BIN)/python -m bench.pipeline

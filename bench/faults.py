@@ -351,11 +351,15 @@ class Harness:
             await asyncio.sleep(1)
         if len(counts) != len(ids) or any(c != 1 for c in counts.values()):
             return f"MISSING {len(ids) - len(counts)}"
-        verify = await asyncio.create_subprocess_exec(
-            str(REPO / ".venv/bin/blonet"), "audit", "verify", "--key", self.vkey(), "--token", await self.auditor_token(),
-            "--url", f"http://127.0.0.1:{self.port('audit', 0)}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await verify.communicate()
-        return "verified" if verify.returncode == 0 else f"FAILED: {out.decode()[-300:]}"
+        for _ in range(3):  # right after a fault a pooled database connection may still fail one request
+            verify = await asyncio.create_subprocess_exec(
+                str(REPO / ".venv/bin/blonet"), "audit", "verify", "--key", self.vkey(), "--token", await self.auditor_token(),
+                "--url", f"http://127.0.0.1:{self.port('audit', 0)}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await verify.communicate()
+            if verify.returncode == 0:
+                return "verified"
+            await asyncio.sleep(1)
+        return f"FAILED: {out.decode()[-300:]}"
 
     def vkey(self) -> str:
         from services.audit import keys
@@ -381,7 +385,7 @@ class Harness:
         if hasattr(self, "receiver_runner"):
             await self.receiver_runner.cleanup()
         try:
-            self.stack("stop")
+            self.stack("clean")  # a database kept outside the checkout goes too
         except RuntimeError as exc:
             print(exc)
         shutil.rmtree(self.stack_env["BLONET_STACK_DIR"], ignore_errors=True)

@@ -3,7 +3,7 @@
 # No Docker. Several stacks can run side by side: everything an instance owns lives
 # under BLONET_STACK_DIR, and every port comes from the environment.
 #
-# Usage: deploy/stack.sh {start|stop|status|bootstrap|restart} [--brokers 1|3] [kafka|postgres|all]
+# Usage: deploy/stack.sh {start|stop|clean|status|bootstrap|restart} [--brokers 1|3] [kafka|postgres|all]
 #   --brokers 3                    a 3-node Kafka cluster (also BLONET_KAFKA_BROKERS); a stack keeps
 #                                  the size it was first started with
 #   BLONET_STACK_DIR               data, logs, pid files   (default <repo>/var/stack)
@@ -12,7 +12,8 @@
 #   BLONET_KAFKA_CONTROLLER_PORT   KRaft controller        (default 9093; node i: +2(i-1))
 #   BLONET_PG_PORT                 PostgreSQL, 127.0.0.1   (default 5433)
 # status exits 0 if every requested component is running, 3 otherwise; bootstrap prints the
-# brokers' addresses for BLONET_KAFKA_BOOTSTRAP; `restart postgres` is a fast restart that keeps data.
+# brokers' addresses for BLONET_KAFKA_BOOTSTRAP; `restart postgres` is a fast restart that keeps data;
+# clean stops the stack and deletes a PostgreSQL kept outside the checkout (and the Kafka data with it).
 set -euo pipefail
 
 args=()
@@ -349,8 +350,7 @@ find_pg_bin() {
 # its data folder; a checkout under a private folder (a 0700 home, any `mktemp -d`) is out of its
 # reach, and we never change the user's folders. Then the cluster lives in a folder of its own
 # under /var/lib/blonet, one per stack folder (named by a hash of its path), and `clean` removes it.
-# Such a cluster is a throwaway: `stop` deletes it, and the Kafka data with it so that the two
-# never disagree (e.g. consumer offsets past events the database never saw).
+# `stop` keeps it, like any cluster; `clean` (what `make stop` runs) deletes it.
 PG_OUTSIDE=/var/lib/blonet
 pg_locate() {
   PGBASE=$STACK_DIR/postgres
@@ -452,7 +452,7 @@ pg_start() {
     || die "postgres: failed to start" "$PGLOG"
   pg_ready || die "postgres: started but 127.0.0.1:$PGPORT does not answer" "$PGLOG"
   local where=
-  pg_outside && where=", data in $PGBASE since user postgres cannot reach $STACK_DIR; stop deletes it"
+  pg_outside && where=", data in $PGBASE since user postgres cannot reach $STACK_DIR; 'make stop' deletes it"
   echo "postgres: started on 127.0.0.1:$PGPORT (pid $(pg_pid), $((SECONDS - t0))s$where)"
 }
 
@@ -468,18 +468,23 @@ pg_stop() {
   else
     echo "postgres: not running"
   fi
-  if pg_outside && [[ -d $PGBASE ]]; then
-    rm -rf "$PGBASE"
-    echo "postgres: deleted its data in $PGBASE"
-    if ! any_kafka_running && [[ -d $KDIR ]]; then
-      rm -rf "$STACK_DIR"/kafka "$STACK_DIR"/kafka-[0-9]*
-      echo "kafka: deleted its data in $STACK_DIR/kafka*, to stay in step with the database"
-    fi
-  fi
   return 0
 }
 
-# A fast restart that keeps the data wherever it lives (stop would delete a cluster kept outside).
+# `clean`: after stopping, forget a cluster kept outside the checkout (nothing would ever delete
+# it otherwise), and the Kafka data with it so that the two never disagree.
+forget_outside() {
+  pg_locate
+  pg_outside && [[ -d $PGBASE ]] || return 0
+  rm -rf "$PGBASE"
+  echo "postgres: deleted its data in $PGBASE"
+  if [[ -d $KDIR ]]; then
+    rm -rf "$STACK_DIR"/kafka "$STACK_DIR"/kafka-[0-9]*
+    echo "kafka: deleted its data in $STACK_DIR/kafka*, to stay in step with the database"
+  fi
+}
+
+# A fast restart that keeps the data wherever it lives.
 pg_restart() {
   pg_locate
   find_pg_bin || die "postgres: no server binaries under /usr/lib/postgresql"
@@ -506,7 +511,7 @@ pg_status() {
 
 # ----------------------------------------------------------------- main
 
-usage() { die "usage: $0 {start|stop|status|bootstrap|restart} [--brokers 1|3] [kafka|postgres|all]"; }
+usage() { die "usage: $0 {start|stop|clean|status|bootstrap|restart} [--brokers 1|3] [kafka|postgres|all]"; }
 
 case ${2:-all} in
   kafka) comps=(kafka) ;;
@@ -516,7 +521,7 @@ case ${2:-all} in
 esac
 
 case ${1:-} in
-  start | stop | restart)
+  start | stop | clean | restart)
     # One start/stop at a time per stack (e.g. parallel test workers). The servers
     # are launched with this fd closed, so they never hold the lock.
     mkdir -p "$STACK_DIR"
@@ -526,6 +531,11 @@ esac
 case ${1:-} in
   start) for c in "${comps[@]}"; do "${c}_start"; done ;;
   stop)  for ((n = ${#comps[@]} - 1; n >= 0; n--)); do "${comps[n]}_stop"; done ;;
+  clean)
+    [[ ${comps[*]} == "pg kafka" ]] || die "stack: clean takes the whole stack"
+    kafka_stop
+    pg_stop
+    forget_outside ;;
   restart)
     [[ ${comps[*]} == pg ]] || die "stack: restart is for postgres only (a broker restarts by stop and start)"
     pg_restart ;;

@@ -15,7 +15,11 @@ stop_started() {
     return 0
   fi
   echo "test stack: stopping what this run started (${started[*]}; KEEP_STACK=1 keeps it)"
-  for ((i = ${#started[@]} - 1; i >= 0; i--)); do deploy/stack.sh stop "${started[i]}" >/dev/null; done
+  if (( ${#started[@]} == 2 )); then
+    deploy/stack.sh clean >/dev/null  # all of it was ours: no database left behind outside the checkout
+  else
+    for ((i = ${#started[@]} - 1; i >= 0; i--)); do deploy/stack.sh stop "${started[i]}" >/dev/null; done
+  fi
 }
 trap stop_started EXIT
 trap 'exit 130' INT TERM

@@ -66,7 +66,7 @@ def free_port() -> int:
 
 @pytest.mark.skipif(not ROOT, reason="the defect needs root: only then does the server run as user 'postgres', "
                                      "which a private folder keeps out")
-def test_postgres_starts_from_a_private_folder_and_stop_cleans_up():
+def test_postgres_starts_from_a_private_folder_keeps_its_data_and_clean_deletes_it():
     home = Path(tempfile.mkdtemp())  # mode 0700, like root's home folder: 'postgres' cannot enter it
     try:
         assert home.stat().st_mode & 0o777 == 0o700
@@ -74,17 +74,25 @@ def test_postgres_starts_from_a_private_folder_and_stop_cleans_up():
         env = {**os.environ, "BLONET_PG_PORT": str(free_port())}
         env.pop("BLONET_STACK_DIR", None)
         started = time.monotonic()
-        up = subprocess.run([str(home / "deploy/stack.sh"), "start", "postgres"], env=env, capture_output=True, text=True, timeout=60)
+
+        def stack(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(home / "deploy/stack.sh"), *args], env=env, capture_output=True, text=True, timeout=60)
+
+        up = stack("start", "postgres")
         try:
             assert up.returncode == 0, up.stdout + up.stderr
             assert "user postgres cannot reach" in up.stdout and "/var/lib/blonet/pg-" in up.stdout, up.stdout
-            where = up.stdout.split("data in ")[1].split()[0]
-            status = subprocess.run([str(home / "deploy/stack.sh"), "status", "postgres"], env=env, capture_output=True, text=True)
-            assert status.returncode == 0, status.stdout
+            where = Path(up.stdout.split("data in ")[1].split()[0])
+            assert stack("status", "postgres").returncode == 0
+            down = stack("stop", "postgres")
+            assert down.returncode == 0 and "postgres: stopped" in down.stdout, down.stdout + down.stderr
+            assert (where / "data" / "PG_VERSION").exists(), "stop keeps the data, as for any cluster"
+            again = stack("start", "postgres")
+            assert again.returncode == 0 and str(where) in again.stdout, again.stdout + again.stderr
         finally:
-            down = subprocess.run([str(home / "deploy/stack.sh"), "stop", "postgres"], env=env, capture_output=True, text=True, timeout=60)
-        assert down.returncode == 0 and "postgres: stopped" in down.stdout, down.stdout + down.stderr
-        assert not Path(where).exists(), "stop deletes a cluster kept outside the checkout"
+            gone = stack("clean")
+        assert gone.returncode == 0 and "postgres: stopped" in gone.stdout, gone.stdout + gone.stderr
+        assert not where.exists(), "clean (make stop) deletes a cluster kept outside the checkout"
         assert time.monotonic() - started < 20
         assert home.stat().st_mode & 0o777 == 0o700, "the user's own folder is never opened up"
     finally:

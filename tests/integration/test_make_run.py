@@ -70,9 +70,10 @@ def test_make_run_shows_the_scenario_and_stops_cleanly(tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 # Killed, its clean-up never ran: stop the smoke stack here, or it outlives the test.
-                subprocess.run([str(REPO / "deploy/stack.sh"), "stop"], env=env, capture_output=True, timeout=120)
+                subprocess.run([str(REPO / "deploy/stack.sh"), "clean"], env=env, capture_output=True, timeout=120)
     text = log.read_text()
     assert "all services stopped" in text and "kafka: stopped" in text and "postgres: stopped" in text
+    subprocess.run([str(REPO / "deploy/stack.sh"), "clean"], env=env, capture_output=True, timeout=120)  # a database kept outside
     shutil.rmtree(STACK_DIR, ignore_errors=True)
     busy = [name for name, port in PORTS.items() if not port_free(port)]
     assert not busy, f"ports still taken after Ctrl-C: {busy}\n{text[-2000:]}"
