@@ -220,14 +220,7 @@ class Harness:
                 await self.wait_ready(service, i)
 
     async def in_session(self, service: str, work):
-        engine = db.make_engine(self.settings, service, pool_size=1)
-        try:
-            async with db.make_sessionmaker(engine)() as session:
-                result = await work(session)
-                await session.commit()
-                return result
-        finally:
-            await engine.dispose()
+        return await db.in_session(self.settings, service, work)
 
     def start(self, service: str, instance: int) -> None:
         env = {**os.environ, f"BLONET_{service.upper()}_PORT": str(self.port(service, instance))}

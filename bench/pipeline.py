@@ -413,14 +413,8 @@ class Bench:
         await self.in_session("notifier", lambda x: notifier_repo.ensure_endpoints(x, ids))
         return key
 
-    async def in_session(self, service: str, work) -> None:
-        engine = db.make_engine(self.settings, service, pool_size=1)
-        try:
-            async with db.make_sessionmaker(engine)() as session:
-                await work(session)
-                await session.commit()
-        finally:
-            await engine.dispose()
+    async def in_session(self, service: str, work):
+        return await db.in_session(self.settings, service, work)
 
     async def create_topics(self, new: list[tuple[str, int]]) -> None:
         """Create (name, partitions) topics replicated as BLOnet's are on this cluster."""

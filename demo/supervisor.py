@@ -26,15 +26,6 @@ SERVICES = ("gateway", "routing", "notifier", "audit")
 console = Console(highlight=False)
 
 
-async def _session_do(settings: Settings, service: str, work):
-    engine = db.make_engine(settings, service, pool_size=1)
-    try:
-        async with db.make_sessionmaker(engine)() as session:
-            result = await work(session)
-            await session.commit()
-            return result
-    finally:
-        await engine.dispose()
 
 
 async def prepare(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
@@ -55,7 +46,7 @@ async def prepare(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
             await gateway_repo.add_key(session, key_id=key_id, agency=agency, roles=roles,
                                        key_hash=hash_api_key(keys[name]), label=f"demo {name}")
 
-    await _session_do(settings, "gateway", issue)
+    await db.in_session(settings, "gateway", issue)
     keys_file.parent.mkdir(parents=True, exist_ok=True)
     keys_file.touch(mode=0o600)
     keys_file.write_text(json.dumps(keys, indent=2))
@@ -64,8 +55,8 @@ async def prepare(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
         console.print(f"network {settings.network_dir} activated as {network.hash}")
     directory = network.directory
     ids = {e.id for e in directory.endpoints}
-    await _session_do(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, ids))
-    secrets = await _session_do(settings, "notifier", notifier_repo.secrets_by_endpoint)
+    await db.in_session(settings, "notifier", lambda s: notifier_repo.ensure_endpoints(s, ids))
+    secrets = await db.in_session(settings, "notifier", notifier_repo.secrets_by_endpoint)
     if not settings.audit_verifier_key:  # the console trusts only a configured key: pin this node's, as set up now
         os.environ["BLONET_AUDIT_VERIFIER_KEY"] = str(audit_keys.load_signing_key(settings).verifier)
     return keys, secrets

@@ -33,15 +33,8 @@ console = Console()
 
 async def _with_session(service: str, work):
     settings = get_settings()
-    engine = db.make_engine(settings, service, pool_size=1)
-    try:
-        await db.migrate(settings, service)
-        async with db.make_sessionmaker(engine)() as session:
-            result = await work(session)
-            await session.commit()
-            return result
-    finally:
-        await engine.dispose()
+    await db.migrate(settings, service)
+    return await db.in_session(settings, service, work)
 
 
 @app.command()

@@ -88,6 +88,21 @@ def make_sessionmaker(engine: AsyncEngine) -> Sessions:
     return Sessions(engine)
 
 
+async def in_session(settings: Settings, service: str, work):
+    """Run `work(session)` as `service` on a one-connection engine of its own, commit, close; return its result.
+
+    For commands, setup, tests and benches: one-off work outside a running service.
+    """
+    engine = make_engine(settings, service, pool_size=1)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            result = await work(session)
+            await session.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
 @asynccontextmanager
 async def one_transaction(engine: AsyncEngine) -> AsyncIterator[None]:
     """Run the block in one transaction that commits at its end (rolls back on error): the consumer

@@ -46,15 +46,7 @@ def network_dir(tmp: Path, inbox_port: int = INBOX_PORT) -> Path:
     return tmp
 
 
-async def in_session(settings: Settings, service: str, work):
-    engine = db.make_engine(settings, service, pool_size=1)
-    try:
-        async with db.make_sessionmaker(engine)() as session:
-            result = await work(session)
-            await session.commit()
-            return result
-    finally:
-        await engine.dispose()
+in_session = db.in_session  # kept under this name: many tests import it from here
 
 
 async def read_topic(settings: Settings, name: str, partitions: int) -> list:
