@@ -417,11 +417,17 @@ async def main(argv: list[str] | None = None) -> int:
     if taken := [p for p in ports if port_open(p)]:
         sys.exit(f"faults: ports {taken} are in use")
     harness = Harness(args)
+    task = asyncio.current_task()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stopped from outside: still clean up the private stack
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
     try:
         await harness.setup()
         names = args.scenarios.split(",")
         for group in ([names] if args.one_window else [[n] for n in names]):
             await harness.scenario(group)
+    except asyncio.CancelledError:
+        print("\nfaults: stopped; cleaning up", flush=True)
+        task.uncancel()
     finally:
         await harness.cleanup()
         harness.table()
