@@ -98,5 +98,6 @@ async def test_a_database_restart_mid_batch_dead_letters_nothing_and_loses_nothi
             proc.stop()
         if runner is not None:
             await runner.cleanup()
-        postgres("stop")
+        # clean, not stop: in a checkout user postgres cannot enter, the cluster lives outside it
+        subprocess.run([str(REPO / "deploy" / "stack.sh"), "clean"], env={**os.environ, **PRIVATE}, capture_output=True, timeout=180)
         shutil.rmtree(PRIVATE["BLONET_STACK_DIR"], ignore_errors=True)
