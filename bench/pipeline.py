@@ -483,6 +483,7 @@ class Bench:
         rows = [  # figure, BLOnet, fair floor, one-POST floor, target, verdict
             ("highest sustained rate, alerts/s", _rate(best["blonet"], top["blonet"]), _rate(best["floor"], top["floor"]),
              _rate(best["floor1"], top["floor1"]), f">= {TARGET_SUSTAINED} and >= {TARGET_SUSTAINED_VS_FLOOR}x fair floor",
+             "FAIL" if r["blonet"] and best["blonet"] is None else  # measured, and sustained none of the rates
              _verdict(best["blonet"], lambda v: v >= TARGET_SUSTAINED and (not best["floor"] or v >= TARGET_SUSTAINED_VS_FLOOR * best["floor"]))),
             ("  ratio BLOnet / fair floor", _f(ratio(best["blonet"], best["floor"]), 2), "", "", f">= {TARGET_SUSTAINED_VS_FLOOR}", ""),
             (f"p99 accept->last of 7 at {self.args.ref_rate:g}/s, ms", _f(last["blonet"]), _f(last["floor"]), "-",
