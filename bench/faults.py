@@ -39,7 +39,7 @@ from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bench.system import Proc, port_open
+from bench.system import Proc, port_open, wait_http
 from demo.scenario import EXPECTED_RECIPIENTS, SCENARIO
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
@@ -227,17 +227,8 @@ class Harness:
         self.procs[f"{service}-{instance}"] = Proc(f"{service}-{instance}", [sys.executable, "-m", f"services.{service}"], env, self.tmp)
 
     async def wait_ready(self, service: str, instance: int, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
-            while time.monotonic() < deadline:
-                try:
-                    async with http.get(f"http://127.0.0.1:{self.port(service, instance)}/readyz") as r:
-                        if r.status == 200:
-                            return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    pass
-                await asyncio.sleep(0.5)
-        raise RuntimeError(f"{service}-{instance} not ready after {timeout:.0f} s:\n{self.procs[f'{service}-{instance}'].tail()}")
+        await wait_http(f"http://127.0.0.1:{self.port(service, instance)}/readyz", self.procs[f"{service}-{instance}"],
+                        timeout, ready=lambda status: status == 200)
 
     # ---------------------------------------------------------------- faults
 

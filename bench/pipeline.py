@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.loadgen import Step, open_loop, pct
-from bench.system import CpuMeter, LagProbe, Proc, Stack, port_open
+from bench.system import CpuMeter, LagProbe, Proc, Stack, port_open, wait_http
 from demo.scenario import EXPECTED_RECIPIENTS, SCENARIO
 from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
@@ -154,19 +154,7 @@ class Bench:
                 proc.stop()
 
     async def wait_http(self, url: str, proc: Proc, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
-            while time.monotonic() < deadline:
-                if not proc.alive():
-                    raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
-                try:
-                    async with http.get(url) as r:
-                        if r.status < 500:
-                            return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    pass
-                await asyncio.sleep(0.3)
-        raise RuntimeError(f"{proc.name} not ready after {timeout:.0f} s:\n{proc.tail()}")
+        await wait_http(url, proc, timeout)
 
     async def receiver(self, path: str) -> dict:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:

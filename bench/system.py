@@ -1,13 +1,17 @@
 """What the bench needs from the machine: the dev stack, child processes, CPU use, consumer lag."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import aiohttp
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -96,6 +100,23 @@ class Proc:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+async def wait_http(url: str, proc: Proc, timeout: float = 90, ready: Callable[[int], bool] = lambda status: status < 500) -> None:
+    """Poll `url` until its status is `ready`; fail at once if `proc` exits, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+            try:
+                async with http.get(url) as r:
+                    if ready(r.status):
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"{proc.name} not ready after {timeout:.0f} s:\n{proc.tail()}")
 
 
 # ------------------------------------------------------------------ CPU
