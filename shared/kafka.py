@@ -27,6 +27,10 @@ CONFIRM_SECONDS = 0.2  # a lone failing record is tried once more after this, be
 # twice the broker's default record size, and so does the producer, so any source record fits.
 DEADLETTER_MAX_BYTES = 2 * 1024 * 1024
 DEADLETTER_HEADER = "blonet-deadletter-"  # prefix of the headers a dead letter adds
+# aiokafka refreshes cluster metadata only this often (default 5 min): after a broker dies and comes
+# back, a client still asking the old leader was seen stuck for minutes. One small request every 15 s
+# bounds that.
+METADATA_MAX_AGE_MS = 15_000
 
 
 def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKafkaProducer:
@@ -41,6 +45,7 @@ def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKa
         acks="all",
         linger_ms=1,
         request_timeout_ms=request_timeout_ms,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
         max_request_size=DEADLETTER_MAX_BYTES + 64 * 1024,  # the broker still enforces each topic's own limit
     )
 
@@ -141,6 +146,7 @@ class EventConsumer:
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
 
     async def commit_done(self) -> None:
