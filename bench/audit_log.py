@@ -8,6 +8,11 @@ Each figure stands beside a baseline measured in the same run, on the same machi
   the tree, insert entries + tree nodes + payloads under the append lock, commit per batch of 500)
   against a plain INSERT of the same entry and payload rows into tables without indexes, triggers,
   lock or tree;
+- polls: what a live consumer hands the log, a few records from each of 8 partitions per poll,
+  appended as one transaction per poll (the product) against one transaction per partition (the
+  consumer loop's old shape), interleaved poll by poll: per-poll latency and records/s;
+- appends while signing: the first checkpoint (over every entry) is signed while poll-sized
+  appends keep arriving: how many land meanwhile and the longest one waits;
 - inclusion proofs at the full size: `service.inclusion_proof` (latest checkpoint + O(log n) tree
   nodes) against a primary-key SELECT of one entry; and the whole HTTP route in process (token
   check, the auditor query appended to the log, the proof);
@@ -47,6 +52,7 @@ from shared.events import (
 from shared.settings import REPO, Settings, get_settings
 
 BATCH = 500  # the audit consumer's max_records
+PARTITIONS = 8  # the polls case: records from this many partitions per poll
 EVENT, ALERT = "00000000-0000-7000-8000-0000000000e1", "00000000-0000-7000-8000-0000000000a1"
 
 
@@ -126,6 +132,65 @@ async def _append(sessions, batch) -> None:
         await session.commit()
 
 
+async def bench_polls(settings: Settings, polls: int, per_partition: int) -> dict:
+    """Per-poll cost of `per_partition` records from each of 8 partitions: one append per poll vs one per partition."""
+    engine = db.make_engine(settings, "audit", pool_size=2)
+    sessions = db.make_sessionmaker(engine)
+    stream = records(polls * 2 * PARTITIONS * per_partition)
+    shapes: dict[str, list[float]] = {"one_per_poll": [], "one_per_partition": []}
+    try:
+        for _ in range(polls):
+            for shape, samples in shapes.items():  # interleaved: load drift hits both shapes alike
+                poll = [(t, i % PARTITIONS, o, v) for i, (t, _, o, v) in
+                        zip(range(PARTITIONS * per_partition), stream)]
+                t = time.perf_counter()
+                if shape == "one_per_poll":
+                    await _append(sessions, poll)
+                else:
+                    for p in range(PARTITIONS):
+                        await _append(sessions, [r for r in poll if r[1] == p])
+                samples.append(time.perf_counter() - t)
+    finally:
+        await engine.dispose()
+    size = PARTITIONS * per_partition
+    out = {shape: {**percentiles(samples), "records_per_second": round(size * len(samples) / sum(samples))}
+           for shape, samples in shapes.items()}
+    return {"records_per_poll": size, "partitions": PARTITIONS, **out,
+            "p50_ratio_per_partition_vs_per_poll": round(out["one_per_partition"]["p50_ms"]
+                                                         / out["one_per_poll"]["p50_ms"], 2)}
+
+
+async def bench_appends_while_signing(settings: Settings, per_poll: int) -> dict:
+    """Sign the first checkpoint (every entry so far) while poll-sized appends keep coming; time both."""
+    engine = db.make_engine(settings, "audit", pool_size=3)
+    sessions = db.make_sessionmaker(engine)
+    key = keys.load_signing_key(settings)
+    stream = records(10**9)
+    waits: list[float] = []
+
+    async def sign() -> float:
+        t = time.perf_counter()
+        async with sessions() as session:
+            await service.sign_checkpoint(session, key, key.name, datetime.now(timezone.utc))
+            await session.commit()
+        return time.perf_counter() - t
+
+    try:
+        signing = asyncio.create_task(sign())
+        await asyncio.sleep(0.05)  # the signer is under way first
+        while not signing.done():
+            poll = [r for _, r in zip(range(per_poll), stream)]
+            t = time.perf_counter()
+            await _append(sessions, poll)
+            waits.append(time.perf_counter() - t)
+        sign_seconds = await signing
+    finally:
+        await engine.dispose()
+    return {"sign_seconds": round(sign_seconds, 2), "records_per_poll": per_poll,
+            "polls_appended_while_signing": len(waits), "longest_append_ms": round(max(waits) * 1000, 1),
+            "median_append_ms": round(statistics.median(waits) * 1000, 1)}
+
+
 async def bench_plain_insert(settings: Settings, n: int) -> dict:
     """Insert the first n entries' rows (and their payloads) as they are into plain tables: the floor."""
     admin = await superuser_engine(settings, settings.pg_database)
@@ -175,7 +240,7 @@ async def bench_proofs(settings: Settings, samples: int) -> dict:
             await session.rollback()
     finally:
         await engine.dispose()
-    return {"tree_size": size, "first_checkpoint_seconds": round(sign_seconds, 2),
+    return {"tree_size": size, "checkpoint_seconds": round(sign_seconds, 2),
             "inclusion_proof": percentiles(proof), "baseline_pk_select": percentiles(select),
             "http": await bench_http(settings, size, samples // 2)}
 
@@ -255,6 +320,13 @@ async def main(args: argparse.Namespace) -> dict:
         print(f"plain INSERT of the first {baseline:,} of the same rows ...", flush=True)
         report["appends_baseline_plain_insert"] = await bench_plain_insert(settings, baseline)
         print(f"  {report['appends_baseline_plain_insert']}", flush=True)
+        print(f"{args.polls} polls of {args.per_partition} records from each of {PARTITIONS} partitions, "
+              "one append per poll vs one per partition ...", flush=True)
+        report["polls"] = await bench_polls(settings, args.polls, args.per_partition)
+        print(f"  {report['polls']}", flush=True)
+        print("signing the first checkpoint while polls keep being appended ...", flush=True)
+        report["appends_while_signing"] = await bench_appends_while_signing(settings, PARTITIONS * args.per_partition)
+        print(f"  {report['appends_while_signing']}", flush=True)
         print(f"signing, then {args.samples} inclusion proofs at the full size ...", flush=True)
         report["proofs"] = await bench_proofs(settings, args.samples)
         print(f"  {report['proofs']}", flush=True)
@@ -276,6 +348,11 @@ async def main(args: argparse.Namespace) -> dict:
     report["summary"] = {
         "appends_per_second": a["per_second"], "plain_insert_rows_per_second": b["per_second"],
         "append_cost_vs_plain_insert": round(b["per_second"] / a["per_second"], 2),
+        "poll_of_8_partitions_p50_ms": report["polls"]["one_per_poll"]["p50_ms"],
+        "poll_per_partition_p50_ms": report["polls"]["one_per_partition"]["p50_ms"],
+        "polls_appended_while_signing": report["appends_while_signing"]["polls_appended_while_signing"],
+        "longest_append_while_signing_ms": report["appends_while_signing"]["longest_append_ms"],
+        "first_checkpoint_seconds": report["appends_while_signing"]["sign_seconds"],
         "inclusion_p99_ms": p["inclusion_proof"]["p99_ms"], "pk_select_p99_ms": p["baseline_pk_select"]["p99_ms"],
         "http_inclusion_p99_ms": p["http"]["p99_ms"],
         "verify_seconds": v["verify_seconds"], "sha256_seconds": v["baseline_sha256_seconds"],
@@ -290,6 +367,8 @@ if __name__ == "__main__":
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--baseline-entries", type=int, default=200_000, help="rows for the plain INSERT baseline")
     parser.add_argument("--samples", type=int, default=2000, help="inclusion proofs to time")
+    parser.add_argument("--polls", type=int, default=300, help="polls of 8 partitions to time, per shape")
+    parser.add_argument("--per-partition", type=int, default=2, help="records per partition in each poll")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = parser.parse_args()
     report = asyncio.run(main(args))
