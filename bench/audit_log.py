@@ -43,9 +43,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from demo.scenario import SCENARIO
 from services.audit import entry, keys, repository, service
 from services.audit.client import export_head, read_export
-from services.audit.verify import verify_log
 from shared import db
 from shared.alerts import Alert
+from shared.auditproof import verify_log
 from shared.events import (
     AlertRouted, AlertSubmitted, DeliveryRequested, DeliveryState, DeliveryStatus, Envelope, Recipient, ViewProfile,
 )

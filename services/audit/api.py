@@ -16,11 +16,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from services.audit import entry, repository, service
-from services.audit.merkle import leaf_hash
 from services.audit.service import ProofRequestError, b64
 from services.audit.trail import causal_order
 from shared.auth import Principal, Role, require_token_role
 from shared.ids import new_id
+from shared.merkle import leaf_hash
 from shared.service import Runtime
 
 MAX_ENTRIES = 10_000  # per /v1/entries request

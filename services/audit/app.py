@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.audit import keys, repository, service
 from services.audit.api import router
 from services.audit.consumer import Recorder
-from services.audit.note import SignerKey
 from shared import topics
+from shared.checkpoint import SignerKey
 from shared.metrics import AUDIT_CHECKPOINT_SIZE, AUDIT_CHECKPOINT_TIME, AUDIT_TREE_SIZE
 from shared.service import Runtime
 from shared.settings import Settings, get_settings

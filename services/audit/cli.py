@@ -14,10 +14,10 @@ from rich.console import Console
 
 from services.audit import keys, service
 from services.audit.client import AuditClient, SourceError, read_export, write_export
-from services.audit.merkle import verify_consistency
-from services.audit.note import NoteError, SignerKey, VerifierKey, peek_checkpoint
-from services.audit.verify import VerificationError, erased_by, open_signed, verify_log, verify_trail_entry
 from shared import db
+from shared.auditproof import VerificationError, erased_by, open_signed, verify_log, verify_trail_entry
+from shared.checkpoint import NoteError, SignerKey, VerifierKey, peek_checkpoint
+from shared.merkle import verify_consistency
 from shared.settings import get_settings
 
 audit = typer.Typer(help="The audit log: signing keys, verification, export, erasure.", no_args_is_help=True)

@@ -21,13 +21,13 @@ from uuid import UUID
 import orjson
 from pydantic import ValidationError
 
+from shared.auditproof import ERASURE, payload_digest  # defined beside the verifier that recomputes them
 from shared.events import Envelope
 
 FORMAT = 1
 REJECTED = "audit.rejected"  # a record on a topic that is not a valid event
 DEADLETTER = "audit.deadletter"  # a record a service could not handle, moved to its dead-letter topic
 ACCESS = "audit.access"  # an auditor's query
-ERASURE = "audit.erasure"  # payloads removed from the payload store
 NONCE_SIZE = 16
 _REJECTED_NS = uuid.UUID("6f1d7d0e-6a55-4c1b-9a63-0c2b3a0e51a1")  # names the ids of rejected records
 _DEADLETTER_NS = uuid.UUID("0b0e5d2c-52a8-4d4e-8f3e-4f1c9a6d7b20")  # names the ids of dead letters
@@ -36,10 +36,6 @@ DEADLETTER_FIELDS = ("group", "topic", "partition", "offset", "error_class", "er
 
 def canonical(doc: dict) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-
-
-def payload_digest(nonce: bytes, body: bytes) -> str:
-    return hashlib.sha256(nonce + body).hexdigest()
 
 
 def timestamp(t: datetime) -> str:

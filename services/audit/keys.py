@@ -5,7 +5,7 @@ import logging
 import os
 from pathlib import Path
 
-from services.audit.note import SignerKey
+from shared.checkpoint import SignerKey
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.audit.entry import ERASURE
-from services.audit.merkle import Node
 from services.audit.models import checkpoints, entries, payloads, tree_nodes
+from shared.merkle import Node
 
 APPEND_LOCK = 0x41756469  # one appender or signer at a time, across instances: the tree has one head
 

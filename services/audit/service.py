@@ -15,11 +15,11 @@ from uuid import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.audit import entry, repository
-from services.audit.merkle import (
+from shared.checkpoint import Checkpoint, SignerKey, sign_note
+from shared.ids import new_id
+from shared.merkle import (
     Frontier, consistency_ranges, hashes_of, inclusion_ranges, leaf_hash, nodes_for, subtrees, verify_consistency,
 )
-from services.audit.note import Checkpoint, SignerKey, sign_note
-from shared.ids import new_id
 
 ENTRIES_PER_READ = 5000
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from services.audit import keys
-from services.audit.note import open_checkpoint
 from shared import topics
+from shared.checkpoint import open_checkpoint
 from shared.settings import REPO
 from tests.integration.test_audit_service import alone, auditor, produce_raw, run_cli  # noqa: F401 (fixtures)
 from tests.unit.test_audit_entry import submitted_record

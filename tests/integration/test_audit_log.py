@@ -12,12 +12,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.audit import entry, repository, service
-from services.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from services.audit.models import entries, payloads
-from services.audit.note import SignerKey, open_checkpoint
 from services.audit.service import ProofRequestError
-from services.audit.verify import verify_log
 from shared import db
+from shared.auditproof import verify_log
+from shared.checkpoint import SignerKey, open_checkpoint
+from shared.merkle import leaf_hash, verify_consistency, verify_inclusion
 from shared.settings import Settings
 from tests.integration.conftest import in_session
 from tests.unit.test_audit_entry import submitted_record

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 
 from services.audit import keys
-from services.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
-from services.audit.note import open_checkpoint
 from shared import topics
 from shared.auth import Principal, Role, issue_token
+from shared.checkpoint import open_checkpoint
 from shared.kafka import make_producer
+from shared.merkle import leaf_hash, verify_consistency, verify_inclusion
 from shared.settings import REPO, Settings
 from tests.conftest import port
 from tests.integration.conftest import start_service, wait_ready

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from services.audit import keys
-from services.audit.merkle import Frontier, leaf_hash
-from services.audit.note import peek_checkpoint
+from shared.checkpoint import peek_checkpoint
+from shared.merkle import Frontier, leaf_hash
 from shared.settings import Settings
 from tests.conftest import APP_ENV, port
 from tests.integration.conftest import start_service, wait_ready

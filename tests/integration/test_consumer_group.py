@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from demo.scenario import SCENARIO
 from services.audit import keys
 from services.audit.models import checkpoints, entries
-from services.audit.verify import verify_log
 from shared import topics
 from shared.alerts import Alert
+from shared.auditproof import verify_log
 from shared.events import AlertSubmitted, Envelope
 from shared.ids import new_id
 from shared.kafka import make_producer, send

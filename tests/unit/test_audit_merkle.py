@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.audit.merkle import (
+from shared.merkle import (
     EMPTY_ROOT, Frontier, consistency_ranges, hashes_of, inclusion_ranges, leaf_hash, node_hash, nodes_for,
     verify_consistency, verify_inclusion,
 )

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.audit.merkle import leaf_hash
-from services.audit.note import (
+from shared.checkpoint import (
     Checkpoint, NoteError, SignerKey, VerifierKey, key_id, open_checkpoint, open_note, sign_note,
 )
+from shared.merkle import leaf_hash
 
 # sumdb/note/note_test.go: TestNewVerifier, TestNewSigner, TestSign, TestOpen
 PETER_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"

@@ -1,7 +1,7 @@
 """An alert's audit trail as the console shows it: each entry checked by an inclusion proof
 against the latest signed checkpoint, with the audit log's public verifier key only.
 
-The verification is the auditors' own (services/audit/verify.py, pure functions): the console
+The verification is the auditors' own (shared/auditproof.py, pure functions shared with `blonet audit verify`): the console
 trusts neither the audit service's word nor its own database for the "verified" mark.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from uuid import UUID
 
 import orjson
 
-from services.audit.note import NoteError, VerifierKey
-from services.audit.verify import VerificationError, erased_by, open_signed, verify_trail_entry
 from services.gateway.console.upstream import Upstream, UpstreamError
 from services.gateway.console.web import Problem, problem
+from shared.auditproof import VerificationError, erased_by, open_signed, verify_trail_entry
 from shared.auth import Principal
+from shared.checkpoint import NoteError, VerifierKey
 from shared.settings import Settings
 
 

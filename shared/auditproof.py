@@ -1,4 +1,7 @@
-"""Offline verification of a log or of one alert's trail: pure functions, no I/O.
+"""Offline verification of the audit log or of one alert's trail: pure functions, no I/O.
+
+Shared so that every checker (the audit CLI, the gateway console's trail page, an auditor's
+script) runs the same code without importing the audit service.
 
 `verify_log` recomputes the whole tree from the entries' bytes and checks it against every
 signed checkpoint it is given (the latest, the log's earlier ones, and the auditor's own saved
@@ -8,14 +11,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
 
-from services.audit.entry import ERASURE, payload_digest
-from services.audit.merkle import Frontier, leaf_hash, verify_inclusion
-from services.audit.note import Checkpoint, NoteError, VerifierKey, open_checkpoint
+from shared.checkpoint import Checkpoint, NoteError, VerifierKey, open_checkpoint
+from shared.merkle import Frontier, leaf_hash, verify_inclusion
+
+# The parts of the entry format (services/audit/entry.py) a verifier recomputes.
+ERASURE = "audit.erasure"  # the type of the entry that records payloads removed from the payload store
+
+
+def payload_digest(nonce: bytes, body: bytes) -> str:
+    """The salted digest an entry keeps of its payload."""
+    return hashlib.sha256(nonce + body).hexdigest()
 
 
 class VerificationError(Exception):
