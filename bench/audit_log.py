@@ -52,6 +52,7 @@ from shared.events import (
 from shared.settings import REPO, Settings, get_settings
 
 BATCH = 500  # the audit consumer's max_records
+HEAD = service.Head()  # the appender state, as the audit process keeps it between appends
 PARTITIONS = 8  # the polls case: records from this many partitions per poll
 EVENT, ALERT = "00000000-0000-7000-8000-0000000000e1", "00000000-0000-7000-8000-0000000000a1"
 
@@ -128,7 +129,7 @@ async def bench_appends(settings: Settings, n: int) -> dict:
 async def _append(sessions, batch) -> None:
     drafts = [entry.from_record(*r) for r in batch]
     async with sessions() as session:
-        await service.append(session, drafts, datetime.now(timezone.utc))
+        await service.append(session, drafts, datetime.now(timezone.utc), HEAD)
         await session.commit()
 
 

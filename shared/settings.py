@@ -23,7 +23,11 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = ""  # lets tests run isolated topic sets on one broker
     fetch_max_wait_ms: int = 10  # consumers on the accept-to-delivery path
-    background_fetch_max_wait_ms: int = 200  # consumers off it (audit, status views, acks)
+    background_fetch_max_wait_ms: int = 200  # consumers off it (status views, acks)
+    # Audit is off the delivery path and appends once per poll: a longer wait means fewer, fuller
+    # polls (and idle fetches), a record still logged well within a second.
+    audit_fetch_max_wait_ms: int = 500
+    audit_max_records: int = 500  # records per poll, all appended in one transaction
 
     pg_host: str = "127.0.0.1"
     pg_port: int = 5433

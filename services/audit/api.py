@@ -51,7 +51,9 @@ def _leaf_param(value: str) -> bytes:
     return raw
 
 
-def router(rt: Runtime, checkpointer) -> APIRouter:
+def router(rt: Runtime, checkpointer, head: service.Head | None = None) -> APIRouter:
+    """The auditors' API; `head` is the process's appender state (shared with the consumer)."""
+    head = head or service.Head()
     api = APIRouter(prefix="/v1", tags=["audit"])
 
     def audited(*roles: Role):
@@ -66,7 +68,7 @@ def router(rt: Runtime, checkpointer) -> APIRouter:
             draft = entry.access(new_id(), key_id=principal.key_id, agency=principal.agency, method=request.method,
                                  path=request.url.path, query=request.url.query, alert_id=alert_id)
             async with rt.sessions() as session:
-                await service.append(session, [draft], datetime.now(timezone.utc))
+                await service.append(session, [draft], datetime.now(timezone.utc), head)
                 await session.commit()
             return principal
 

@@ -24,13 +24,16 @@ RETENTION_SWEEP_SECONDS = 3600.0
 class Checkpointer:
     """Sign checkpoints (at start, every interval if the log grew, and on demand) and sweep expired payloads."""
 
-    def __init__(self, rt: Runtime, key: SignerKey, origin: str) -> None:
+    def __init__(self, rt: Runtime, key: SignerKey, origin: str, head: service.Head | None = None) -> None:
         self.rt, self.key, self.origin = rt, key, origin
+        self.head = head or service.Head()  # the appender state the retention sweep's erasure entries extend
+        self.verified = service.Verified()  # each signing re-hashes only the entries added since the last
         self._last_sweep = float("-inf")
 
     async def sign(self) -> str:
         async with self.rt.sessions() as session:
-            note = await service.sign_checkpoint(session, self.key, self.origin, datetime.now(timezone.utc))
+            note = await service.sign_checkpoint(session, self.key, self.origin, datetime.now(timezone.utc),
+                                                 self.verified)
             await session.commit()
             await self.observe(session)
         return note
@@ -48,7 +51,8 @@ class Checkpointer:
         now = datetime.now(timezone.utc)
         cutoff = now - timedelta(days=self.rt.settings.payload_retention_days)
         async with self.rt.sessions() as session:
-            erased = await service.erase(session, reason="retention", actor="audit service", now=now, stored_before=cutoff)
+            erased = await service.erase(session, reason="retention", actor="audit service", now=now, stored_before=cutoff,
+                                         head=self.head)
             await session.commit()
         if erased:
             log.info("payloads past retention erased", extra={"count": len(erased)})
@@ -75,10 +79,11 @@ class Checkpointer:
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     settings = settings or get_settings()
     rt = Runtime("audit", settings.audit_port, settings)
-    checkpointer = Checkpointer(rt, keys.load_signing_key(settings), keys.origin(settings))
-    rt.consume("audit", [t.name for t in topics.CATALOGUE], Recorder(rt), max_records=500,
-               fetch_max_wait_ms=settings.background_fetch_max_wait_ms)
+    head = service.Head()  # one appender state per process: the consumer, the API and the sweep take turns on the lock
+    checkpointer = Checkpointer(rt, keys.load_signing_key(settings), keys.origin(settings), head)
+    rt.consume("audit", [t.name for t in topics.CATALOGUE], Recorder(rt, head), max_records=settings.audit_max_records,
+               fetch_max_wait_ms=settings.audit_fetch_max_wait_ms)
     rt.workers.append(checkpointer.run)
     app = rt.app()
-    app.include_router(router(rt, checkpointer))
+    app.include_router(router(rt, checkpointer, head))
     return rt, app

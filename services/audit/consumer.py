@@ -27,13 +27,13 @@ def deadletter_facts(record: ConsumerRecord) -> dict[str, str] | None:
 class Recorder:
     """Append a poll's records (every partition) in one transaction; a malformed record is logged as rejected, never dropped."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, runtime: Runtime, head: service.Head | None = None) -> None:
+        self.rt, self.head = runtime, head or service.Head()
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         drafts = [entry.from_record(r.topic, r.partition, r.offset, r.value, deadletter_facts(r)) for r in records]
         async with self.rt.sessions() as session:
-            appended = await service.append(session, drafts, datetime.now(timezone.utc))
+            appended = await service.append(session, drafts, datetime.now(timezone.utc), self.head)
             await session.commit()
         if appended:  # appends hold the log's lock, so the last index is the tree's size less one
             AUDIT_TREE_SIZE.set(appended[-1] + 1)

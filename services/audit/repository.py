@@ -12,12 +12,41 @@ from services.audit.entry import ERASURE
 from services.audit.models import checkpoints, entries, payloads, tree_nodes
 from shared.merkle import Node
 
-APPEND_LOCK = 0x41756469  # one appender or signer at a time, across instances: the tree has one head
+APPEND_LOCK = 0x41756469  # one appender at a time, across instances: the tree has one head
+SIGN_LOCK = 0x41756473  # one checkpoint signer at a time; appends go on meanwhile
+
+# The append path's statements, built once: they take arrays, so their text (and the prepared
+# statement each connection keeps for it) never changes with the size of the batch.
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_HEAD = text(
+    "SELECT (SELECT idx FROM entries ORDER BY idx DESC LIMIT 1) AS last,"
+    " ARRAY(SELECT n.hash FROM unnest(CAST(:levels AS smallint[]), CAST(:idxs AS bigint[])) WITH ORDINALITY"
+    " AS w(level, idx, o) JOIN tree_nodes n USING (level, idx) ORDER BY w.o) AS edge,"
+    " ARRAY(SELECT event_id FROM entries WHERE event_id = ANY(CAST(:ids AS uuid[]))) AS known")
+_NODES = text("SELECT n.level, n.idx, n.hash FROM tree_nodes n "
+              "JOIN unnest(CAST(:levels AS smallint[]), CAST(:idxs AS bigint[])) AS w(level, idx) USING (level, idx)")
+_APPEND = text(
+    "WITH e AS (INSERT INTO entries (idx, event_id, type, alert_id, causation_id, occurred_at, recorded_at, agencies, entry)"
+    " SELECT idx, event_id, type, alert_id, causation_id, occurred_at, CAST(:now AS timestamptz), CAST(agencies AS text[]), entry"
+    " FROM unnest(CAST(:idx AS bigint[]), CAST(:event_id AS uuid[]), CAST(:type AS text[]), CAST(:alert_id AS uuid[]),"
+    " CAST(:causation_id AS uuid[]), CAST(:occurred_at AS timestamptz[]), CAST(:agencies AS text[]), CAST(:entry AS bytea[]))"
+    " AS u(idx, event_id, type, alert_id, causation_id, occurred_at, agencies, entry)),"
+    " n AS (INSERT INTO tree_nodes (level, idx, hash)"
+    " SELECT * FROM unnest(CAST(:n_level AS smallint[]), CAST(:n_idx AS bigint[]), CAST(:n_hash AS bytea[]))),"
+    " p AS (INSERT INTO payloads (idx, nonce, body, stored_at)"
+    " SELECT idx, nonce, body, CAST(:now AS timestamptz) FROM unnest(CAST(:p_idx AS bigint[]), CAST(:p_nonce AS bytea[]), CAST(:p_body AS bytea[]))"
+    " AS u(idx, nonce, body))"
+    " SELECT 1")
 
 
 async def lock_log(session: AsyncSession) -> None:
     """Hold the log's append lock until this transaction ends."""
-    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPEND_LOCK})
+    await session.execute(_LOCK, {"k": APPEND_LOCK})
+
+
+async def lock_signing(session: AsyncSession) -> None:
+    """Hold the checkpoint signer's lock until this transaction ends (appenders do not take it)."""
+    await session.execute(_LOCK, {"k": SIGN_LOCK})
 
 
 async def size(session: AsyncSession) -> int:
@@ -25,9 +54,12 @@ async def size(session: AsyncSession) -> int:
     return 0 if last is None else last + 1
 
 
-async def known_event_ids(session: AsyncSession, ids: Sequence[UUID]) -> set[UUID]:
-    rows = await session.execute(select(entries.c.event_id).where(entries.c.event_id.in_(ids)))
-    return set(rows.scalars())
+async def head(session: AsyncSession, edge: Sequence[Node], event_ids: Sequence[UUID]) -> tuple[int, list[bytes], set[UUID]]:
+    """Return, in one round trip: the log's size, the stored hashes of the nodes `edge` (in order, the
+    missing ones left out), and which of `event_ids` are logged already."""
+    row = (await session.execute(_HEAD, {"levels": [n[0] for n in edge], "idxs": [n[1] for n in edge],
+                                         "ids": list(event_ids)})).one()
+    return (0 if row.last is None else row.last + 1), list(row.edge), set(row.known)
 
 
 async def node_hashes(session: AsyncSession, nodes: Collection[Node]) -> dict[Node, bytes]:
@@ -35,20 +67,28 @@ async def node_hashes(session: AsyncSession, nodes: Collection[Node]) -> dict[No
     if not nodes:
         return {}
     levels, idxs = zip(*nodes)
-    want = text("SELECT n.level, n.idx, n.hash FROM tree_nodes n "
-                "JOIN unnest(CAST(:levels AS smallint[]), CAST(:idxs AS bigint[])) AS w(level, idx) "
-                "USING (level, idx)")
-    rows = await session.execute(want, {"levels": list(levels), "idxs": list(idxs)})
+    rows = await session.execute(_NODES, {"levels": list(levels), "idxs": list(idxs)})
     return {(r.level, r.idx): r.hash for r in rows}
 
 
-async def append(session: AsyncSession, entry_rows: list[dict], node_rows: list[dict], payload_rows: list[dict]) -> None:
-    """Insert new rows with COPY, inside the session's transaction: the cheapest way in, and INSERT is all it needs."""
-    raw = (await (await session.connection()).get_raw_connection()).driver_connection
-    for table, rows in ((entries, entry_rows), (tree_nodes, node_rows), (payloads, payload_rows)):
-        if rows:
-            columns = list(rows[0])
-            await raw.copy_records_to_table(table.name, columns=columns, records=[tuple(r[c] for c in columns) for r in rows])
+def _pg_array(items: Sequence[str]) -> str:
+    """A text[] literal: arrays of arrays cannot pass through unnest, so each row's list goes as one string."""
+    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
+
+
+async def append(session: AsyncSession, entry_rows: Sequence[dict], node_rows: Sequence[dict],
+                 payload_rows: Sequence[dict], now: datetime) -> None:
+    """Insert new entries, tree nodes and payloads in one statement, inside the session's transaction."""
+    def column(rows: Sequence[dict], name: str) -> list:
+        return [r[name] for r in rows]
+
+    await session.execute(_APPEND, {
+        "now": now, **{c: column(entry_rows, c) for c in ("idx", "event_id", "type", "alert_id", "causation_id",
+                                                          "occurred_at", "entry")},
+        "agencies": [_pg_array(r["agencies"]) for r in entry_rows],
+        "n_level": column(node_rows, "level"), "n_idx": column(node_rows, "idx"), "n_hash": column(node_rows, "hash"),
+        "p_idx": column(payload_rows, "idx"), "p_nonce": column(payload_rows, "nonce"), "p_body": column(payload_rows, "body"),
+    })
 
 
 async def entry_bytes(session: AsyncSession, start: int, end: int) -> list[tuple[int, bytes]]:

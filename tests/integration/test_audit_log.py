@@ -7,7 +7,7 @@ import base64
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -17,7 +17,8 @@ from services.audit.service import ProofRequestError
 from shared import db
 from shared.auditproof import verify_log
 from shared.checkpoint import SignerKey, open_checkpoint
-from shared.merkle import leaf_hash, verify_consistency, verify_inclusion
+from shared.ids import new_id
+from shared.merkle import Frontier, leaf_hash, verify_consistency, verify_inclusion
 from shared.settings import Settings
 from tests.integration.conftest import in_session
 from tests.unit.test_audit_entry import submitted_record
@@ -170,20 +171,22 @@ async def test_two_instances_appending_and_signing_at_once_never_fork(own_log):
     """Two 'instances' (own engines) append and sign concurrently; the checkpoints all fit one tree."""
     engines = [db.make_engine(own_log, "audit", pool_size=4) for _ in range(2)]
 
-    async def instance(engine, n: int, tag: int) -> None:
-        sessions = db.make_sessionmaker(engine)
+    heads = [service.Head(), service.Head()]  # each instance keeps its own frontier and verified tree
+
+    async def instance(engine, head: service.Head, n: int, tag: int) -> None:
+        sessions, verified = db.make_sessionmaker(engine), service.Verified()
         for batch in range(n):
             drafts = [entry.from_record("alerts.routed", tag, batch * 10 + i, submitted_record()) for i in range(10)]
             async with sessions() as s:
-                await service.append(s, drafts, now())
+                await service.append(s, drafts, now(), head)
                 await s.commit()
             if batch % 3 == 0:
                 async with sessions() as s:
-                    await service.sign_checkpoint(s, KEY, KEY.name, now())
+                    await service.sign_checkpoint(s, KEY, KEY.name, now(), verified)
                     await s.commit()
 
     try:
-        await asyncio.gather(instance(engines[0], 12, 100), instance(engines[1], 12, 200))
+        await asyncio.gather(instance(engines[0], heads[0], 12, 100), instance(engines[1], heads[1], 12, 200))
     finally:
         for e in engines:
             await e.dispose()
@@ -194,3 +197,93 @@ async def test_two_instances_appending_and_signing_at_once_never_fork(own_log):
     assert result.checkpoint.size == len(log)
     idx = await in_session(own_log, "audit", lambda x: x.execute(select(entries.c.idx).order_by(entries.c.idx)))
     assert list(idx.scalars()) == list(range(len(log)))
+    assert all(h.reloads >= 2 for h in heads), "each took turns with the other, so each reloaded its frontier"
+
+
+async def test_a_rolled_back_append_is_never_built_on_even_when_the_sizes_meet_again(own_log):
+    """Instance A's append rolls back after extending its frontier; B appends as many entries; A's next
+    append must see that the stored tree is not its own and reload, not fork."""
+    a, b = service.Head(), service.Head()
+    await in_session(own_log, "audit", lambda s: service.append(s, [_draft()], now(), a))
+
+    async def rolled_back(s):
+        await service.append(s, [_draft() for _ in range(3)], now(), a)
+        await s.rollback()
+
+    await in_session(own_log, "audit", rolled_back)
+    await in_session(own_log, "audit", lambda s: service.append(s, [_draft() for _ in range(3)], now(), b))
+    assert a.frontier.size == b.frontier.size and a.frontier.hashes != b.frontier.hashes  # same size, other tree
+    reloads = a.reloads
+    await in_session(own_log, "audit", lambda s: service.append(s, [_draft() for _ in range(2)], now(), a))
+    assert a.reloads == reloads + 1
+    log, history = await whole_log(own_log)
+    note = await sign(own_log)
+    assert verify_log(log, note, KEY.verifier, history=history).checkpoint.size == len(log)
+    assert (await in_session(own_log, "audit", lambda s: _edge_root(s, len(log)))) == open_checkpoint(
+        note, KEY.verifier).root
+
+
+async def test_one_appender_keeps_its_frontier_and_reads_no_tree_node(own_log):
+    head = service.Head()
+    for n in (1, 5, 2):
+        await in_session(own_log, "audit", lambda s: service.append(s, [_draft() for _ in range(n)], now(), head))
+    assert head.reloads == 1, "loaded once, then confirmed by the stored tree at every append"
+    log, history = await whole_log(own_log)
+    verify_log(log, await sign(own_log), KEY.verifier, history=history)
+
+
+async def test_the_append_statements_never_change_with_the_batch_size(own_log):
+    """The hot statements take arrays: batches of any size send the same SQL text (one prepared statement each)."""
+    engine = db.make_engine(own_log, "audit", pool_size=1)
+    sent: list[list[str]] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: sent[-1].append(args[2]))
+    head = service.Head()
+    try:
+        for n in (0, 1, 4, 9):
+            sent.append([])
+            async with db.make_sessionmaker(engine)() as s:
+                await service.append(s, [_draft() for _ in range(n)] + [_draft(agencies=("a\\\"b", "c,d}", "{e"))],
+                                     now(), head)
+                await s.commit()
+    finally:
+        await engine.dispose()
+    assert all(statements == sent[1] for statements in sent[1:]), sent
+    assert len(sent[1]) == 3, sent[1]  # the lock, the head (size, edge, known ids), the insert
+    stored = await in_session(own_log, "audit", lambda s: s.scalar(select(entries.c.agencies).order_by(
+        entries.c.idx.desc()).limit(1)))
+    assert stored == ["a\\\"b", "c,d}", "{e"]
+
+
+async def test_appends_go_on_while_a_checkpoint_is_being_signed(own_log, monkeypatch):
+    verified = service.Verified()
+    await in_session(own_log, "audit", lambda s: service.append(s, [_draft() for _ in range(4)], now()))
+    await in_session(own_log, "audit", lambda s: service.sign_checkpoint(s, KEY, KEY.name, now(), verified))
+    engine = db.make_engine(own_log, "audit", pool_size=2)
+    try:
+        async with db.make_sessionmaker(engine)() as signer:  # a signer holds its lock, mid-way
+            await repository.lock_signing(signer)
+            added = await asyncio.wait_for(in_session(own_log, "audit", lambda s: service.append(
+                s, [_draft() for _ in range(3)], now())), 10)
+            await signer.rollback()
+    finally:
+        await engine.dispose()
+    assert len(added) == 3
+    read: list[tuple[int, int]] = []
+    entry_bytes = repository.entry_bytes
+
+    async def counted(session, start, end):
+        read.append((start, end))
+        return await entry_bytes(session, start, end)
+
+    monkeypatch.setattr(repository, "entry_bytes", counted)
+    note = await in_session(own_log, "audit", lambda s: service.sign_checkpoint(s, KEY, KEY.name, now(), verified))
+    size = open_checkpoint(note, KEY.verifier).size
+    assert read == [(size - 3, size)], "only the entries added since the last checkpoint were hashed again"
+
+
+def _draft(agencies: tuple[str, ...] = ("kg-sbs",)) -> entry.Draft:
+    return entry.Draft(new_id(), "test.event", {"n": 1}, payload=b"{}", agencies=agencies)
+
+
+async def _edge_root(session, size: int) -> bytes:
+    return Frontier(size, await service._edge(session, size)).root()
