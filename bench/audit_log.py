@@ -7,12 +7,14 @@ Each figure stands beside a baseline measured in the same run, on the same machi
 - appends: the product's append path (Recorder's: parse each Kafka record, seal the entry, extend
   the tree, insert entries + tree nodes + payloads under the append lock, commit per batch of 500)
   against a plain INSERT of the same entry and payload rows into tables without indexes, triggers,
-  lock or tree;
+  lock or tree; and, batch by batch in turn, against the append as it was before issue 11
+  (`append_before_issue_11`, the reference line);
 - polls: what a live consumer hands the log, a few records from each of 8 partitions per poll,
-  appended as one transaction per poll (the product) against one transaction per partition (the
-  consumer loop's old shape), interleaved poll by poll: per-poll latency and records/s;
+  interleaved poll by poll: the product's one append per poll, the reference's, and the product's
+  append once per partition (the consumer loop's old shape): per-poll latency and records/s;
 - appends while signing: the first checkpoint (over every entry) is signed while poll-sized
-  appends keep arriving: how many land meanwhile and the longest one waits;
+  appends keep arriving, as the reference did (under the append lock) and as the product does:
+  how many land meanwhile and the longest one waits;
 - inclusion proofs at the full size: `service.inclusion_proof` (latest checkpoint + O(log n) tree
   nodes) against a primary-key SELECT of one entry; and the whole HTTP route in process (token
   check, the auditor query appended to the log, the proof);
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import random
 import secrets
 import statistics
@@ -36,16 +39,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from uuid import UUID
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from demo.scenario import SCENARIO
 from services.audit import entry, keys, repository, service
 from services.audit.client import export_head, read_export
+from services.audit.models import entries
 from shared import db
 from shared.alerts import Alert
 from shared.auditproof import verify_log
+from shared.merkle import Frontier, leaf_hash
 from shared.events import (
     AlertRouted, AlertSubmitted, DeliveryRequested, DeliveryState, DeliveryStatus, Envelope, Recipient, ViewProfile,
 )
@@ -104,52 +109,92 @@ async def superuser_engine(settings: Settings, database: str):
                                           port=settings.pg_port, database=database), isolation_level="AUTOCOMMIT")
 
 
+async def append_before_issue_11(session: AsyncSession, drafts: list[entry.Draft], now: datetime,
+                                 head: service.Head) -> None:
+    """The append as it was before issue 11, kept as the reference line: the frontier rebuilt from
+    the stored edge on every append, the known ids by `IN (...)` (text changing with the batch),
+    and a COPY per table."""
+    await repository.lock_log(session)
+    size = await repository.size(session)
+    known = await session.execute(select(entries.c.event_id).where(entries.c.event_id.in_([d.event_id for d in drafts])))
+    seen, fresh = set(known.scalars()), []
+    for d in drafts:
+        if d.event_id not in seen:
+            seen.add(d.event_id)
+            fresh.append(d)
+    frontier = Frontier(size, await service._edge(session, size))
+    rows: dict[str, list[tuple]] = {"entries": [], "tree_nodes": [], "payloads": []}
+    for index, d in enumerate(fresh, start=size):
+        nonce = os.urandom(entry.NONCE_SIZE)
+        data = entry.seal(d, index, now, nonce)
+        rows["tree_nodes"] += [(level, k, h) for (level, k), h in frontier.append(leaf_hash(data))]
+        rows["entries"].append((index, d.event_id, d.type, d.alert_id, d.causation_id, d.occurred_at or now, now,
+                                list(d.agencies), data))
+        rows["payloads"].append((index, nonce, d.payload, now))
+    raw = (await (await session.connection()).get_raw_connection()).driver_connection
+    for table, batch in rows.items():
+        if batch:
+            await raw.copy_records_to_table(table, records=batch)
+    head.frontier = frontier  # as if the product had appended these: its next append finds its head current
+
+
+PRODUCT, BEFORE = "product", "before_issue_11"
+APPENDS = {PRODUCT: service.append, BEFORE: append_before_issue_11}
+
+
 async def bench_appends(settings: Settings, n: int) -> dict:
+    """Build the log in batches of 500, alternating the product's append and the reference's, timing each."""
     engine = db.make_engine(settings, "audit", pool_size=2)
     sessions = db.make_sessionmaker(engine)
+    spent = {PRODUCT: 0.0, BEFORE: 0.0}
     batch, started, progress = [], time.perf_counter(), time.perf_counter()
     try:
         for record in records(n):
             batch.append(record)
-            if len(batch) == BATCH:
-                await _append(sessions, batch)
+            if len(batch) == BATCH or record[2] == n - 1:
+                how = (PRODUCT, BEFORE)[record[2] // BATCH % 2]
+                t = time.perf_counter()
+                await _append(sessions, batch, how)
+                spent[how] += time.perf_counter() - t
                 batch = []
                 if time.perf_counter() - progress > 15:
                     progress = time.perf_counter()
                     done = record[2] + 1
                     print(f"  {done:>9} entries, {done / (progress - started):,.0f}/s", flush=True)
-        if batch:
-            await _append(sessions, batch)
     finally:
         await engine.dispose()
     seconds = time.perf_counter() - started
-    return {"entries": n, "seconds": round(seconds, 2), "per_second": round(n / seconds)}
+    rates = {how: round(n / 2 / spent[how]) for how in spent}
+    return {"entries": n, "seconds": round(seconds, 2), "per_second": rates[PRODUCT],
+            "before_issue_11_per_second": rates[BEFORE], "ratio_product_vs_before": round(rates[PRODUCT] / rates[BEFORE], 2)}
 
 
-async def _append(sessions, batch) -> None:
+async def _append(sessions, batch, how: str = PRODUCT) -> None:
     drafts = [entry.from_record(*r) for r in batch]
     async with sessions() as session:
-        await service.append(session, drafts, datetime.now(timezone.utc), HEAD)
+        await APPENDS[how](session, drafts, datetime.now(timezone.utc), HEAD)
         await session.commit()
 
 
 async def bench_polls(settings: Settings, polls: int, per_partition: int) -> dict:
-    """Per-poll cost of `per_partition` records from each of 8 partitions: one append per poll vs one per partition."""
+    """Per-poll cost of `per_partition` records from each of 8 partitions, interleaved poll by poll (load
+    drift hits every shape alike): the product's one append per poll, the reference's, and the product's
+    append once per partition (the consumer loop's old shape)."""
     engine = db.make_engine(settings, "audit", pool_size=2)
     sessions = db.make_sessionmaker(engine)
-    stream = records(polls * 2 * PARTITIONS * per_partition)
-    shapes: dict[str, list[float]] = {"one_per_poll": [], "one_per_partition": []}
+    stream = records(polls * 3 * PARTITIONS * per_partition)
+    shapes: dict[str, list[float]] = {"one_per_poll": [], "before_issue_11_one_per_poll": [], "one_per_partition": []}
     try:
         for _ in range(polls):
-            for shape, samples in shapes.items():  # interleaved: load drift hits both shapes alike
+            for shape, samples in shapes.items():
                 poll = [(t, i % PARTITIONS, o, v) for i, (t, _, o, v) in
                         zip(range(PARTITIONS * per_partition), stream)]
                 t = time.perf_counter()
-                if shape == "one_per_poll":
-                    await _append(sessions, poll)
-                else:
+                if shape == "one_per_partition":
                     for p in range(PARTITIONS):
                         await _append(sessions, [r for r in poll if r[1] == p])
+                else:
+                    await _append(sessions, poll, BEFORE if shape.startswith(BEFORE) else PRODUCT)
                 samples.append(time.perf_counter() - t)
     finally:
         await engine.dispose()
@@ -157,39 +202,46 @@ async def bench_polls(settings: Settings, polls: int, per_partition: int) -> dic
     out = {shape: {**percentiles(samples), "records_per_second": round(size * len(samples) / sum(samples))}
            for shape, samples in shapes.items()}
     return {"records_per_poll": size, "partitions": PARTITIONS, **out,
+            "p50_ratio_before_vs_product": round(out["before_issue_11_one_per_poll"]["p50_ms"]
+                                                 / out["one_per_poll"]["p50_ms"], 2),
             "p50_ratio_per_partition_vs_per_poll": round(out["one_per_partition"]["p50_ms"]
                                                          / out["one_per_poll"]["p50_ms"], 2)}
 
 
 async def bench_appends_while_signing(settings: Settings, per_poll: int) -> dict:
-    """Sign the first checkpoint (every entry so far) while poll-sized appends keep coming; time both."""
+    """Sign the first checkpoint (every entry so far) while poll-sized appends keep coming, twice: as the
+    reference did, holding the append lock (then rolled back), and as the product does (committed)."""
     engine = db.make_engine(settings, "audit", pool_size=3)
     sessions = db.make_sessionmaker(engine)
     key = keys.load_signing_key(settings)
     stream = records(10**9)
-    waits: list[float] = []
 
-    async def sign() -> float:
+    async def sign(under_append_lock: bool) -> float:
         t = time.perf_counter()
         async with sessions() as session:
-            await service.sign_checkpoint(session, key, key.name, datetime.now(timezone.utc))
-            await session.commit()
+            if under_append_lock:
+                await repository.lock_log(session)
+            await service.sign_checkpoint(session, key, key.name, datetime.now(timezone.utc), service.Verified())
+            await (session.rollback() if under_append_lock else session.commit())
         return time.perf_counter() - t
 
+    out = {}
     try:
-        signing = asyncio.create_task(sign())
-        await asyncio.sleep(0.05)  # the signer is under way first
-        while not signing.done():
-            poll = [r for _, r in zip(range(per_poll), stream)]
-            t = time.perf_counter()
-            await _append(sessions, poll)
-            waits.append(time.perf_counter() - t)
-        sign_seconds = await signing
+        for label, under_lock in ((BEFORE, True), (PRODUCT, False)):
+            waits: list[float] = []
+            signing = asyncio.create_task(sign(under_lock))
+            await asyncio.sleep(0.05)  # the signer is under way first
+            while not signing.done():
+                poll = [r for _, r in zip(range(per_poll), stream)]
+                t = time.perf_counter()
+                await _append(sessions, poll)
+                waits.append(time.perf_counter() - t)
+            out[label] = {"sign_seconds": round(await signing, 2), "polls_appended_while_signing": len(waits),
+                          "longest_append_ms": round(max(waits) * 1000, 1),
+                          "median_append_ms": round(statistics.median(waits) * 1000, 1)}
     finally:
         await engine.dispose()
-    return {"sign_seconds": round(sign_seconds, 2), "records_per_poll": per_poll,
-            "polls_appended_while_signing": len(waits), "longest_append_ms": round(max(waits) * 1000, 1),
-            "median_append_ms": round(statistics.median(waits) * 1000, 1)}
+    return {"records_per_poll": per_poll, **out}
 
 
 async def bench_plain_insert(settings: Settings, n: int) -> dict:
@@ -349,11 +401,16 @@ async def main(args: argparse.Namespace) -> dict:
     report["summary"] = {
         "appends_per_second": a["per_second"], "plain_insert_rows_per_second": b["per_second"],
         "append_cost_vs_plain_insert": round(b["per_second"] / a["per_second"], 2),
+        "appends_before_issue_11_per_second": a["before_issue_11_per_second"],
         "poll_of_8_partitions_p50_ms": report["polls"]["one_per_poll"]["p50_ms"],
+        "poll_of_8_partitions_before_issue_11_p50_ms": report["polls"]["before_issue_11_one_per_poll"]["p50_ms"],
         "poll_per_partition_p50_ms": report["polls"]["one_per_partition"]["p50_ms"],
-        "polls_appended_while_signing": report["appends_while_signing"]["polls_appended_while_signing"],
-        "longest_append_while_signing_ms": report["appends_while_signing"]["longest_append_ms"],
-        "first_checkpoint_seconds": report["appends_while_signing"]["sign_seconds"],
+        "polls_appended_while_signing": report["appends_while_signing"][PRODUCT]["polls_appended_while_signing"],
+        "polls_appended_while_signing_before_issue_11":
+            report["appends_while_signing"][BEFORE]["polls_appended_while_signing"],
+        "longest_append_while_signing_ms": report["appends_while_signing"][PRODUCT]["longest_append_ms"],
+        "longest_append_while_signing_before_issue_11_ms": report["appends_while_signing"][BEFORE]["longest_append_ms"],
+        "first_checkpoint_seconds": report["appends_while_signing"][PRODUCT]["sign_seconds"],
         "inclusion_p99_ms": p["inclusion_proof"]["p99_ms"], "pk_select_p99_ms": p["baseline_pk_select"]["p99_ms"],
         "http_inclusion_p99_ms": p["http"]["p99_ms"],
         "verify_seconds": v["verify_seconds"], "sha256_seconds": v["baseline_sha256_seconds"],

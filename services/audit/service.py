@@ -22,7 +22,9 @@ from shared.merkle import (
     Frontier, consistency_ranges, hashes_of, inclusion_ranges, leaf_hash, nodes_for, subtrees, verify_consistency,
 )
 
-ENTRIES_PER_READ = 5000
+# The signer reads and hashes entries this many at a time: the appender shares its event loop
+# (the consumer in the same process), and waits at most one read and one slice of hashing.
+ENTRIES_PER_READ = 1000
 
 
 class ProofRequestError(ValueError):
