@@ -74,7 +74,7 @@ class Sampler:
         started = time.monotonic()
         try:
             while True:
-                pids = self.pids()
+                pids = await asyncio.to_thread(self.pids)
                 meter = CpuMeter(pids)
                 meter.start()
                 await asyncio.sleep(self.every)
