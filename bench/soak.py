@@ -43,7 +43,7 @@ def memory_kib(pid: int, proportional: bool = False) -> int:
     """VmRSS of a process, or its Pss (shared pages split among their users: a fair sum over a tree)."""
     path, key = (f"/proc/{pid}/smaps_rollup", "Pss:") if proportional else (f"/proc/{pid}/status", "VmRSS:")
     with open(path) as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key))
+        return next((int(line.split()[1]) for line in f if line.startswith(key)), 0)  # none: a zombie, or exiting
 
 
 def open_files(pid: int) -> int:
@@ -79,7 +79,7 @@ class Sampler:
                 meter.start()
                 await asyncio.sleep(self.every)
                 cpu = meter.stop()
-                sample = {"t_s": round(time.monotonic() - started), "lag": await _quietly(lag.lag(), sum),
+                sample = {"t_s": round(time.monotonic() - started), "lag": await _quietly(lag.lag(), lambda lags: sum(lags.values())),
                           "db_mib": await _quietly(self.h.in_session("notifier", _database_size), lambda b: round(b / 2**20, 1))}
                 for name, pid in pids.items():
                     try:
@@ -87,7 +87,7 @@ class Sampler:
                         sample[f"{name}.rss_mib"] = round(sum(memory_kib(p, name == "postgres") for p in tree) / 1024, 1)
                         sample[f"{name}.fds"] = sum(open_files(p) for p in tree)
                         sample[f"{name}.cpu_pct"] = cpu.get(name)
-                    except (OSError, StopIteration):
+                    except OSError:
                         pass  # it died meanwhile (a fault): the next sample sees its successor
                 self.samples.append(sample)
                 print(f"   soak {sample['t_s']:5d} s: lag {sample['lag']}, database {sample['db_mib']} MiB, "
