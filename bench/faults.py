@@ -500,6 +500,11 @@ class Harness:
         lag = await self.lag_after_drain()
         split = sum(1 for (alert, _), w in got.ids.items() if alert in ids and len(w) > 1)
         after = [t for t in got.first.values() if fault_end and t >= fault_end]
+        died = sorted(name for name, proc in self.procs.items() if not proc.alive())  # a fault must never end a service
+        for name_ in died:  # (a failure, but the counts go on: the audit check needs a gateway)
+            service, instance = name_.rsplit("-", 1)
+            self.start(service, int(instance))
+            await self.wait_ready(service, int(instance))
         audited = await self.audited(ids)
         if side:
             side.cancel()
@@ -509,11 +514,6 @@ class Harness:
                 pass
             except Exception as exc:  # noqa: BLE001 - a broken observer must not hide the counts
                 print(f"   {during.__qualname__} failed: {exc!r}", flush=True)
-        died = sorted(name for name, proc in self.procs.items() if not proc.alive())  # a fault must never end a service
-        for name_ in died:
-            service, instance = name_.rsplit("-", 1)
-            self.start(service, int(instance))
-            await self.wait_ready(service, int(instance))
         healthy = set(EXPECTED_RECIPIENTS) - (set(FAULTY) if "endpoint-faults" in names else set())
         delay = _max_delay(got, load.accepted_at, healthy, fault_start, fault_end)
         row = {"died": died, "scenario": name, "offered": load.offered, "accepted": len(load.accepted), "refused": dict(load.refused),
@@ -605,13 +605,18 @@ class Harness:
             await self.in_session("gateway", lambda x: gateway_repo.add_key(
                 x, key_id=key_id, agency="unodc", roles=[Role.AUDITOR], key_hash=hash_api_key(self._auditor_key), label="faults"))
         async with aiohttp.ClientSession() as http:
+            answer = "nothing"
             for _ in range(20):  # right after a fault a pooled database connection may still fail once
-                async with http.post(f"http://127.0.0.1:{self.port('gateway', 0)}/v1/auth/token",
-                                     headers={"authorization": f"Bearer {self._auditor_key}"}) as r:
-                    if r.status == 200:
-                        return (await r.json())["access_token"]
+                try:
+                    async with http.post(f"http://127.0.0.1:{self.port('gateway', 0)}/v1/auth/token",
+                                         headers={"authorization": f"Bearer {self._auditor_key}"}) as r:
+                        if r.status == 200:
+                            return (await r.json())["access_token"]
+                        answer = str(r.status)
+                except aiohttp.ClientError as exc:
+                    answer = type(exc).__name__
                 await asyncio.sleep(0.5)
-        raise RuntimeError(f"no auditor token: the gateway answers {r.status}")
+        raise RuntimeError(f"no auditor token: the gateway answers {answer}")
 
     async def cleanup(self) -> None:
         for proc in self.procs.values():
