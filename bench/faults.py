@@ -64,7 +64,6 @@ from shared.auth import Role, ensure_signing_key, hash_api_key, new_api_key
 from shared.settings import REPO, Settings, get_settings
 
 SERVICES = ("gateway", "routing", "notifier", "audit")
-FANOUT = len(EXPECTED_RECIPIENTS)
 # Ports from --base-port: services +10*instance+index; Kafka proxies +80..+85 (listening on the even
 # ports, forwarding to the broker's PROXIED listener on the odd ones); the endpoint that refuses
 # connections +89; receiver +90; Kafka +92..+97; PostgreSQL +99.
