@@ -11,7 +11,7 @@ export BLONET_TEST_PG_PORT ?= 15433
 TEST_STACK := BLONET_STACK_DIR=$(CURDIR)/var/test-stack BLONET_KAFKA_PORT=$(BLONET_TEST_KAFKA_PORT) \
 	BLONET_KAFKA_CONTROLLER_PORT=$(BLONET_TEST_CONTROLLER_PORT) BLONET_PG_PORT=$(BLONET_TEST_PG_PORT)
 
-.PHONY: install setup-run setup-test run test stop bench faults check-compose
+.PHONY: install setup-run setup-test run test stop bench faults soak check-compose
 
 setup-run:  ## the Debian packages `make run` needs (installed as root, else named with the command)
 	@deploy/setup.sh run
@@ -43,3 +43,6 @@ bench: setup-run install  ## the throughput/latency benchmark against a running 
 
 faults: setup-run install  ## kill parts of BLOnet under load on a private stack; FAULTS_ARGS="--brokers 3 --scenarios leader-kill"
 	$(BIN)/python -m bench.faults $(FAULTS_ARGS)
+
+soak: setup-run install  ## a long modest load on a private stack, memory/CPU/lag per process; SOAK_ARGS="--minutes 30 --scenarios kill-notifier"
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)

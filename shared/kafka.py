@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from shared import failures, tracing
 from shared.events import Envelope
@@ -152,7 +152,14 @@ class EventConsumer:
     async def commit_done(self) -> None:
         if self._done:
             done, self._done = self._done, {}
-            await self.consumer.commit(done)
+            try:
+                await self.consumer.commit(done)
+            except CommitFailedError:
+                # The group rebalanced without us (e.g. cut off from the coordinator past the session
+                # timeout): the records' effects are durable and idempotent, so whoever owns their
+                # partitions now handles them again from the last commit. Not a reason to stop.
+                log.warning("commit refused after a rebalance; the records will be handled again by their new owner",
+                            extra={"group": self.group, "partitions": len(done)})
 
     def stop(self) -> None:
         self._stopping.set()
