@@ -36,7 +36,6 @@ import orjson
 import uvloop
 import yaml
 from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bench.system import Proc, port_open, wait_http
@@ -45,6 +44,7 @@ from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
 from shared import db, topics
 from shared.auth import Role, ensure_signing_key, hash_api_key, new_api_key
+from shared.kafka import make_admin
 from shared.settings import REPO, Settings, get_settings
 
 SERVICES = ("gateway", "routing", "notifier", "audit")
@@ -180,6 +180,7 @@ class Harness:
         bootstrap = self.stack("bootstrap")
         self.app_env = {
             "BLONET_KAFKA_BOOTSTRAP": bootstrap, "BLONET_PG_PORT": str(self.base + 99),
+            "BLONET_SECRETS_FILE": str(Path(self.stack_env["BLONET_STACK_DIR"]) / "kafka" / "secrets.json"),
             "BLONET_PG_DATABASE": f"blonet_faults_{self.run_id}", "BLONET_TOPIC_PREFIX": f"faults{self.run_id}.",
             **{f"BLONET_{s.upper()}_PORT": str(self.port(s, 0)) for s in SERVICES},
             "BLONET_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port('gateway', 0)}",
@@ -248,7 +249,7 @@ class Harness:
         return time.monotonic()
 
     async def leader_kill(self) -> float:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = make_admin(self.settings)
         await admin.start()
         try:
             parts = (await admin.describe_topics([self.settings.topic(topics.ALERTS_SUBMITTED.name)]))[0]["partitions"]

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 from aiokafka.errors import IllegalStateError
 
@@ -33,6 +35,34 @@ DEADLETTER_HEADER = "blonet-deadletter-"  # prefix of the headers a dead letter 
 METADATA_MAX_AGE_MS = 15_000
 
 
+SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+def client_options(settings: Settings) -> dict:
+    """The connection options every Kafka client of BLOnet uses: the brokers, and the login of this
+    process's principal (SASL/SCRAM-SHA-512, over TLS with SASL_SSL) when it has one."""
+    options: dict = {"bootstrap_servers": settings.kafka_bootstrap}
+    login = settings.kafka_login()
+    if login is None:
+        return options
+    protocol = settings.kafka_security_protocol or "SASL_PLAINTEXT"
+    options.update(security_protocol=protocol, sasl_mechanism=SASL_MECHANISM,
+                   sasl_plain_username=login[0], sasl_plain_password=login[1])
+    if protocol == "SASL_SSL":
+        options["ssl_context"] = create_ssl_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    return options
+
+
+def make_consumer(settings: Settings, *topics: str, **kwargs) -> AIOKafkaConsumer:
+    """Return a consumer logged in as this process's principal (`kwargs`: any aiokafka option)."""
+    return AIOKafkaConsumer(*topics, **client_options(settings), **kwargs)
+
+
+def make_admin(settings: Settings, **kwargs) -> AIOKafkaAdminClient:
+    """Return an admin client logged in as this process's principal."""
+    return AIOKafkaAdminClient(**client_options(settings), **kwargs)
+
+
 def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKafkaProducer:
     """Return a producer that only reports success once every in-sync replica has the record.
 
@@ -40,7 +70,7 @@ def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKa
     the producer's buffer, so a caller told "failed" can rely on it not landing later.
     """
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
         enable_idempotence=True,  # implies acks=all; retries never duplicate or reorder
         acks="all",
         linger_ms=1,
@@ -138,8 +168,8 @@ class EventConsumer:
         self._lag_at = float("-inf")
 
     def _make_consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        return make_consumer(
+            self.settings,
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from shared.kafka import DEADLETTER_MAX_BYTES
+from shared import acls
+from shared.kafka import DEADLETTER_MAX_BYTES, make_admin
 from shared.settings import Settings
 
 
@@ -87,8 +88,9 @@ def new_topic(name: str, partitions: int, replicas: tuple[int, dict[str, str]],
 
 
 async def create_topics(settings: Settings) -> list[str]:
-    """Create every catalogued topic that does not exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    """Create every catalogued topic that does not exist yet, and on an authenticating broker the
+    ACLs of its producers and consumers (shared/acls.py); return the names created."""
+    admin = make_admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -103,21 +105,26 @@ async def create_topics(settings: Settings) -> list[str]:
                 await admin.create_topics(wanted)
             except TopicAlreadyExistsError:  # another process won the race: fine
                 pass
+        if settings.kafka_login() is not None:
+            await acls.grant(admin, acls.bindings(CATALOGUE, settings.topic_prefix))
         return [t.name for t in wanted]
     finally:
         await admin.close()
 
 
 async def delete_topics(settings: Settings, prefix: str) -> list[str]:
-    """Delete every topic whose name starts with `prefix` (a test or benchmark run's own); return them."""
+    """Delete every topic whose name starts with `prefix` (a test or benchmark run's own), and the
+    ACLs `create_topics` granted for that prefix; return the topics."""
     if not prefix:
         raise ValueError("refusing to delete topics without a prefix")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         doomed = [name for name in await admin.list_topics() if name.startswith(prefix)]
         if doomed:
             await admin.delete_topics(doomed)
+        if settings.kafka_login() is not None:
+            await acls.revoke(admin, acls.bindings(CATALOGUE, prefix))
         return doomed
     finally:
         await admin.close()

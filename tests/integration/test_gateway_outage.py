@@ -7,12 +7,13 @@ import subprocess
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from demo.scenario import SCENARIO
 from shared import topics
 from shared.auth import Role
 from shared.events import Envelope
+from shared.kafka import make_consumer
 from shared.settings import REPO
 from tests.conftest import port
 from tests.integration.conftest import make_key, start_service, wait_ready
@@ -31,7 +32,7 @@ def kafka(action: str) -> None:
 
 async def alert_ids_on(settings, name: str) -> list[str]:
     """Read every alert id on a topic from the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = make_consumer(settings, auto_offset_reset="earliest")
     await consumer.start()
     try:
         parts = [TopicPartition(settings.topic(name), p) for p in range(topics.ALERTS_SUBMITTED.partitions)]
