@@ -7,6 +7,7 @@ with its protocol classes: one CreateAcls (or DeleteAcls) request carries every 
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -103,11 +104,23 @@ def _check(errors: Iterable[tuple[int, str | None]], what: str) -> None:
         raise AclError(f"{what}: {'; '.join(sorted(set(failed)))}")
 
 
-async def grant(admin: AIOKafkaAdminClient, acls: list[Acl]) -> None:
-    """Create the bindings (an existing one is left as it is)."""
-    if acls:
-        response = await admin._send_request(_CreateAcls(acls))  # noqa: SLF001 - no public ACL call in aiokafka
-        _check(((code, msg) for code, msg in response.creation_responses), "creating Kafka ACLs")
+async def grant(admin: AIOKafkaAdminClient, acls: list[Acl], timeout: float = 30) -> None:
+    """Create the bindings (an existing one is left as it is), and return once every broker applies them.
+
+    The broker answers once the controller committed them; each broker's authorizer learns them
+    from the metadata log a moment later, and a client started meanwhile would be refused.
+    """
+    if not acls:
+        return
+    response = await admin._send_request(_CreateAcls(acls))  # noqa: SLF001 - no public ACL call in aiokafka
+    _check(((code, msg) for code, msg in response.creation_responses), "creating Kafka ACLs")
+    resources = {(a.resource_type, a.name) for a in acls if a.pattern == LITERAL}
+    async with asyncio.timeout(timeout):
+        for node in [b.nodeId for b in admin._client.cluster.brokers()]:  # noqa: SLF001
+            for rtype, name in sorted(resources):
+                while not {a for a in acls if (a.resource_type, a.name) == (rtype, name)} <= set(
+                        await describe(admin, rtype, name, node)):
+                    await asyncio.sleep(0.1)
 
 
 async def revoke(admin: AIOKafkaAdminClient, acls: list[Acl]) -> None:
@@ -117,9 +130,9 @@ async def revoke(admin: AIOKafkaAdminClient, acls: list[Acl]) -> None:
         _check(((code, msg) for code, msg, *_ in response.filter_responses), "deleting Kafka ACLs")
 
 
-async def describe(admin: AIOKafkaAdminClient, resource_type: int, name: str) -> list[Acl]:
-    """The bindings on one literal resource name (for checks and tests)."""
-    response = await admin._send_request(_DescribeAcls(resource_type, name))  # noqa: SLF001
+async def describe(admin: AIOKafkaAdminClient, resource_type: int, name: str, node: int | None = None) -> list[Acl]:
+    """The bindings on one literal resource name, as broker `node` (default: any) applies them."""
+    response = await admin._send_request(_DescribeAcls(resource_type, name), node)  # noqa: SLF001
     _check([(response.error_code, response.error_message)], "describing Kafka ACLs")
     return sorted(Acl(rtype, rname, pattern, principal, op)
                   for rtype, rname, pattern, rows in response.resources
