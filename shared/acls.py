@@ -23,7 +23,7 @@ from shared.settings import DB_ROLES
 
 SERVICES = DB_ROLES  # the Kafka principals besides admin: one per service, as deploy/stack.sh creates them
 # Kafka's protocol enums (org.apache.kafka.common.acl / resource).
-TOPIC, GROUP = 2, 3
+ANY_RESOURCE, TOPIC, GROUP = 1, 2, 3
 ANY_PATTERN, LITERAL, PREFIXED = 1, 3, 4
 ANY_OPERATION, READ, WRITE, DESCRIBE = 1, 3, 4, 8
 ANY_PERMISSION, ALLOW = 1, 3
@@ -130,8 +130,18 @@ async def revoke(admin: AIOKafkaAdminClient, acls: list[Acl]) -> None:
         _check(((code, msg) for code, msg, *_ in response.filter_responses), "deleting Kafka ACLs")
 
 
-async def describe(admin: AIOKafkaAdminClient, resource_type: int, name: str, node: int | None = None) -> list[Acl]:
-    """The bindings on one literal resource name, as broker `node` (default: any) applies them."""
+async def revoke_prefix(admin: AIOKafkaAdminClient, prefix: str) -> list[Acl]:
+    """Delete every binding on a resource named with `prefix` (a test run's, its extra prefixes included)."""
+    if not prefix:
+        raise ValueError("refusing to revoke ACLs without a prefix")
+    doomed = [a for a in await describe(admin) if a.name.startswith(prefix)]
+    await revoke(admin, doomed)
+    return doomed
+
+
+async def describe(admin: AIOKafkaAdminClient, resource_type: int = ANY_RESOURCE, name: str | None = None,
+                   node: int | None = None) -> list[Acl]:
+    """The bindings on one literal resource name (default: every binding), as broker `node` (default: any) applies them."""
     response = await admin._send_request(_DescribeAcls(resource_type, name), node)  # noqa: SLF001
     _check([(response.error_code, response.error_message)], "describing Kafka ACLs")
     return sorted(Acl(rtype, rname, pattern, principal, op)

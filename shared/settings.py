@@ -161,9 +161,12 @@ class Settings(BaseSettings):
     def kafka_login(self) -> tuple[str, str] | None:
         """Return this process's Kafka (principal, password), or None for an unauthenticated client."""
         user = self.kafka_username or KAFKA_ADMIN
-        password = self.kafka_password or self._secrets("kafka").get(user)
-        if self.kafka_security_protocol == "PLAINTEXT" or (password is None and self.kafka_security_protocol is None
-                                                           and self.environment != "production"):
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return None
+        known = {} if self.kafka_password else self._secrets("kafka")
+        password = self.kafka_password or known.get(user)
+        # Unset protocol: SASL when any Kafka credential is configured (and always in production).
+        if not (self.kafka_security_protocol or password or known or self.environment == "production"):
             return None
         if password is None:
             raise SecretsError(f"no Kafka password for principal {user}: set BLONET_KAFKA_PASSWORD "

@@ -105,16 +105,30 @@ async def create_topics(settings: Settings) -> list[str]:
                 await admin.create_topics(wanted)
             except TopicAlreadyExistsError:  # another process won the race: fine
                 pass
-        if settings.kafka_login() is not None:
-            await acls.grant(admin, acls.bindings(CATALOGUE, settings.topic_prefix))
+        await grant_acls(settings, admin)
         return [t.name for t in wanted]
     finally:
         await admin.close()
 
 
+async def grant_acls(settings: Settings, admin: AIOKafkaAdminClient | None = None) -> None:
+    """Grant each service's ACLs on the catalogue under the settings' prefix (no-op on a PLAINTEXT broker)."""
+    if settings.kafka_login() is None:
+        return
+    own = admin is None
+    admin = admin or make_admin(settings)
+    if own:
+        await admin.start()
+    try:
+        await acls.grant(admin, acls.bindings(CATALOGUE, settings.topic_prefix))
+    finally:
+        if own:
+            await admin.close()
+
+
 async def delete_topics(settings: Settings, prefix: str) -> list[str]:
-    """Delete every topic whose name starts with `prefix` (a test or benchmark run's own), and the
-    ACLs `create_topics` granted for that prefix; return the topics."""
+    """Delete every topic whose name starts with `prefix` (a test or benchmark run's own), and every
+    ACL on a topic or group so named; return the topics."""
     if not prefix:
         raise ValueError("refusing to delete topics without a prefix")
     admin = make_admin(settings)
@@ -124,7 +138,7 @@ async def delete_topics(settings: Settings, prefix: str) -> list[str]:
         if doomed:
             await admin.delete_topics(doomed)
         if settings.kafka_login() is not None:
-            await acls.revoke(admin, acls.bindings(CATALOGUE, prefix))
+            await acls.revoke_prefix(admin, prefix)
         return doomed
     finally:
         await admin.close()
