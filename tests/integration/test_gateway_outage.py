@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.stack
 KAFKA, GATEWAY = port(31), port(30)
 OUTAGE = {"BLONET_STACK_DIR": str(REPO / "var" / f"outage-stack-{KAFKA}"), "BLONET_KAFKA_PORT": str(KAFKA),
           "BLONET_KAFKA_CONTROLLER_PORT": str(port(32))}
+OUTAGE_SECRETS = str(REPO / "var" / f"outage-stack-{KAFKA}" / "kafka" / "secrets.json")  # that broker's logins
 
 
 def kafka(action: str) -> None:
@@ -49,10 +51,11 @@ async def alert_ids_on(settings, name: str) -> list[str]:
 
 async def test_kafka_down_means_503_and_nothing_accepted(settings, tmp_path):
     kafka("start")
-    outage = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{KAFKA}"})
+    outage = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{KAFKA}", "secrets_file": Path(OUTAGE_SECRETS)})
     await topics.create_topics(outage)
     key = await make_key(settings, "kg-sbs", Role.SUBMIT)
-    gw = start_service("gateway", tmp_path, {"BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA}", "BLONET_GATEWAY_PORT": str(GATEWAY),
+    gw = start_service("gateway", tmp_path, {"BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA}", "BLONET_SECRETS_FILE": OUTAGE_SECRETS,
+                                             "BLONET_GATEWAY_PORT": str(GATEWAY),
                                              "BLONET_ACCEPT_TIMEOUT_SECONDS": "3"})
     url = f"http://127.0.0.1:{GATEWAY}"
     try:
