@@ -4,9 +4,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
@@ -14,7 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from aiokafka.errors import IllegalStateError
 
 from shared import failures, tracing
-from shared.events import Envelope
+from shared.events import Envelope, EventType
 from shared.metrics import CONSUMER_LAG, CONSUMER_RETRIES, EVENTS_REJECTED
 from shared.settings import Settings
 
@@ -113,6 +114,27 @@ async def send(producer: AIOKafkaProducer, topic: str, key: str, envelope: Envel
     return ack
 
 
+class ForeignEvent(ValueError):
+    """A record's event type is not one its topic's producer publishes (the message names a known
+    type only, never a string from the record)."""
+
+    quotes_no_input = True
+
+    def __init__(self, claimed: str, topic: str, allowed: frozenset[str]) -> None:
+        shown = repr(claimed) if claimed in set(EventType) else "an unknown type"
+        super().__init__(f"event type {shown} is not published on {topic} (its producer publishes "
+                         f"{', '.join(sorted(allowed))})")
+
+
+def event_type_of(value: bytes | None) -> str | None:
+    """The `type` an envelope claims, or None when the value is not a JSON object with a string type."""
+    try:
+        found = orjson.loads(value).get("type") if value else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):
     def __init__(self, runner: EventConsumer) -> None:
         self.runner = runner
@@ -154,12 +176,14 @@ class EventConsumer:
         max_records: int = 200, fetch_max_wait_ms: int | None = None,
         deadletter_topic: str | None = None, probes: Sequence[Probe] = (),
         transaction: Callable[[], AbstractAsyncContextManager] = nullcontext,
+        accepts: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.settings, self.group, self.topics, self.handler = settings, group, list(topics), handler
         self.max_records = max_records
         # Short waits keep the delivery path fast; consumers off it can poll far less often.
         self.fetch_max_wait_ms = fetch_max_wait_ms or settings.fetch_max_wait_ms
         self.deadletter_topic, self.probes, self.transaction = deadletter_topic, list(probes), transaction
+        self.accepts = dict(accepts or {})  # topic -> the event types its producer publishes (checked when dead letters exist)
         self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
@@ -239,6 +263,9 @@ class EventConsumer:
         # One CONSUMER span per record, child of its producer's; events the handler wraps with a
         # record's envelope as their cause become children of that record's span.
         with tracing.consuming(self.group, records) as spans:
+            records = await self._refuse_foreign(records, spans)
+            if not records:
+                return
             if await self._outlasting(lambda: self._call(records, spans), "handler", spans) is None:
                 return
             poison: list[tuple[ConsumerRecord, Exception]] = []
@@ -253,6 +280,24 @@ class EventConsumer:
                 raise failed
             for record, exc in poison:
                 await self._dead_letter(record, exc, spans)
+
+    async def _refuse_foreign(self, records: list[ConsumerRecord], spans: tracing.Batch) -> list[ConsumerRecord]:
+        """Dead-letter each record whose event type its topic's producer does not publish; return the rest.
+
+        Only that producer's principal may write the topic (ACLs), so this keeps a compromised or
+        buggy service from passing off, say, a routing decision on a topic it owns. A record whose
+        type cannot be read is left to the handler (which dead-letters it as poison)."""
+        if not self.accepts or self.deadletter_topic is None:
+            return records
+        kept = []
+        for record in records:
+            allowed = self.accepts.get(record.topic)
+            claimed = event_type_of(record.value) if allowed is not None else None
+            if claimed is None or claimed in allowed:
+                kept.append(record)
+            else:
+                await self._dead_letter(record, ForeignEvent(claimed, record.topic, allowed), spans)
+        return kept
 
     async def _call(self, records: list[ConsumerRecord], spans: tracing.Batch) -> None:
         if len(records) == 1:

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from shared import db, failures, tracing
 from shared.bodylimit import BodyLimit
 from shared.kafka import EventConsumer, make_producer
-from shared.topics import deadletter_topic
+from shared.topics import accepted_events, deadletter_topic
 from shared.observability import configure_logging, install
 from shared.settings import Settings, get_settings
 
@@ -56,6 +56,7 @@ class Runtime:
         topic_names = [self.settings.topic(t) for t in topics]
         self.consumers.append(EventConsumer(
             self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler,
+            accepts=accepted_events(self.settings, topics),
             deadletter_topic=self.settings.topic(deadletter_topic(self.name).name),
             probes=(self._check_db, self._check_kafka), transaction=lambda: db.one_transaction(self.engine), **kwargs,
         ))
