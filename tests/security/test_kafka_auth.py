@@ -118,3 +118,35 @@ async def test_the_broker_holds_exactly_the_catalogues_acls(settings):
             assert await acls.describe(admin, acls.TOPIC, name) == [a for a in wanted if a.name == name]
     finally:
         await admin.close()
+
+
+async def test_a_service_cannot_pass_off_another_services_event_on_its_own_topic(settings, services):
+    """The gateway's login may write alerts.acknowledged, but a routing decision written there is refused
+    by every consumer (dead-lettered as ForeignEvent), so the status view never shows it as routed."""
+    from shared.kafka import deadletter_of
+    from tests.integration.conftest import read_topic
+    from tests.security.test_poison import nul_event
+
+    forged = nul_event(topics.ALERTS_ROUTED).replace(b"\\u0000", b"-")  # a well-formed alert.routed
+    name = settings.topic(topics.ALERTS_ACKNOWLEDGED.name)
+    producer = make_producer(as_principal(settings, "gateway"))
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(name, forged, key=b"forged")
+    finally:
+        await producer.stop()
+    wanted = {settings.topic(g) for g in ("gateway-status", "notifier-acks", "audit")}
+    found: dict[str, dict] = {}
+    for _ in range(150):
+        for t in topics.SERVICE_DEADLETTERS:
+            for record in await read_topic(settings, settings.topic(t.name), t.partitions):
+                facts = deadletter_of(record) or {}
+                if (facts.get("topic"), int(facts.get("offset", -1)), int(facts.get("partition", -1))) == (
+                        name, meta.offset, meta.partition):
+                    found[facts["group"]] = facts
+        if wanted <= set(found):
+            break
+        await asyncio.sleep(0.2)
+    assert set(found) == wanted, found
+    assert {f["error_class"] for f in found.values()} == {"ForeignEvent"}
+    assert all("'alert.routed' is not published on" in f["error"] for f in found.values())
