@@ -138,9 +138,10 @@ class Settings(BaseSettings):
         return self
 
     def _secrets(self, section: str) -> dict[str, str]:
-        """One section of the secrets file ({} when no file is set or, outside production, none exists)."""
+        """One section of the secrets file ({} when none is set or there; a missing password is then
+        reported by whoever needs it, naming both settings)."""
         path = self.secrets_file
-        if path is None or (not path.exists() and self.environment != "production"):
+        if path is None or not path.exists():
             return {}
         try:
             return json.loads(path.read_text()).get(section, {})
