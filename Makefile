@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 # The test suite runs its own Kafka and PostgreSQL on other ports, beside any `make run` stack.
-# Override the three ports to run a second checkout's tests beside this one's.
+# Override the three ports and the folder to run a second checkout's tests beside this one's.
+export BLONET_TEST_STACK_DIR ?= $(CURDIR)/var/test-stack
 export BLONET_TEST_KAFKA_PORT ?= 19092
 export BLONET_TEST_CONTROLLER_PORT ?= 19093
 export BLONET_TEST_PG_PORT ?= 15433
-TEST_STACK := BLONET_STACK_DIR=$(CURDIR)/var/test-stack BLONET_KAFKA_PORT=$(BLONET_TEST_KAFKA_PORT) \
+TEST_STACK := BLONET_STACK_DIR=$(BLONET_TEST_STACK_DIR) BLONET_KAFKA_PORT=$(BLONET_TEST_KAFKA_PORT) \
 	BLONET_KAFKA_CONTROLLER_PORT=$(BLONET_TEST_CONTROLLER_PORT) BLONET_PG_PORT=$(BLONET_TEST_PG_PORT)
 
 .PHONY: install setup-run setup-test run test stop bench faults soak check-compose

@@ -50,7 +50,6 @@ import orjson
 import uvloop
 import yaml
 from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -61,6 +60,8 @@ from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
 from shared import db, topics
 from shared.auth import Role, ensure_signing_key, hash_api_key, new_api_key
+from shared.kafka import SASL_MECHANISM, make_admin
+from shared.secretfile import create_secret
 from shared.settings import REPO, Settings, get_settings
 
 SERVICES = ("gateway", "routing", "notifier", "audit")
@@ -261,6 +262,7 @@ class Harness:
         bootstrap = self.stack("bootstrap")
         self.app_env = {
             "BLONET_KAFKA_BOOTSTRAP": bootstrap, "BLONET_PG_PORT": str(self.base + 99),
+            "BLONET_SECRETS_FILE": str(Path(self.stack_env["BLONET_STACK_DIR"]) / "kafka" / "secrets.json"),
             "BLONET_PG_DATABASE": f"blonet_faults_{self.run_id}", "BLONET_TOPIC_PREFIX": f"faults{self.run_id}.",
             **{f"BLONET_{s.upper()}_PORT": str(self.port(s, 0)) for s in SERVICES},
             "BLONET_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port('gateway', 0)}",
@@ -348,7 +350,7 @@ class Harness:
         return time.monotonic()
 
     async def leader_kill(self) -> float:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = make_admin(self.settings)
         await admin.start()
         try:
             parts = (await admin.describe_topics([self.settings.topic(topics.ALERTS_SUBMITTED.name)]))[0]["partitions"]
@@ -370,17 +372,32 @@ class Harness:
             print(f"   while it was down the active controller became node {await asyncio.wait_for(asked, 120)}", flush=True)
         return end
 
+    def tool_login(self) -> Path | None:
+        """A client properties file (0600, in the run's temp dir) logging Kafka's own tools in as admin."""
+        login = self.settings.kafka_login()
+        if login is None:
+            return None
+        path = Path(self.tmp) / "admin-client.properties"
+        if not path.exists():
+            user, password = login
+            create_secret(path, (
+                f"security.protocol={self.settings.kafka_security_protocol or 'SASL_PLAINTEXT'}\n"
+                f"sasl.mechanism={SASL_MECHANISM}\n"
+                "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{user}" password="{password}";\n').encode())
+        return path
+
     async def quorum_leader(self) -> int:
         """The node leading the KRaft quorum (the active controller), from Kafka's own quorum tool.
 
         Not from the admin API: in KRaft a broker names a random live broker as "controller" to clients."""
         libs = Path(os.environ.get("BLONET_CACHE_DIR", REPO / "var" / "cache")) / "kafka-libs"
-        out = b""
+        out, login = b"", self.tool_login()
         for _ in range(5):  # right after a kill the tool may ask the dead node first
             tool = await asyncio.create_subprocess_exec(
                 "java", "-Xmx128m", "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={REPO / 'deploy' / 'kafka' / 'log4j2.xml'}", f"-Dkafka.logs.dir={self.tmp}",
                 "org.apache.kafka.tools.MetadataQuorumCommand", "--bootstrap-server", self.settings.kafka_bootstrap,
-                "describe", "--status", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                *(["--command-config", str(login)] if login else []), "describe", "--status", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             out, _ = await asyncio.wait_for(tool.communicate(), 120)
             if found := re.search(rb"LeaderId:\s*(\d+)", out):
                 return int(found[1])
@@ -558,7 +575,7 @@ class Harness:
 
     async def lag_after_drain(self, timeout: float = 90) -> int | None:
         """Total lag of the run's consumer groups, once it is 0 or after `timeout` s; None if Kafka never answered."""
-        probe, lag, deadline = LagProbe(self.settings.kafka_bootstrap, self.settings.topic_prefix), None, time.monotonic() + timeout
+        probe, lag, deadline = LagProbe(self.settings, self.settings.topic_prefix), None, time.monotonic() + timeout
         try:
             await probe.start()
             while time.monotonic() < deadline:

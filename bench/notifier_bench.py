@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.system import Proc
@@ -31,7 +31,7 @@ from services.notifier import repository
 from shared import db, topics
 from shared.events import DeliveryRequested, Envelope, ViewProfile
 from shared.ids import new_id
-from shared.kafka import make_producer
+from shared.kafka import make_admin, make_producer
 from shared.settings import REPO, get_settings
 
 HEALTHY = "ep-bench-healthy"
@@ -108,7 +108,7 @@ class NotifierBench:
         await db.bootstrap(self.settings)
         await db.migrate(self.settings, "notifier")
         await topics.create_topics(self.settings)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = make_admin(self.settings)
         await admin.start()
         try:
             await admin.create_topics([NewTopic(self.settings.topic("floor"), topics.DELIVERIES_REQUESTED.partitions, 1)])
@@ -226,7 +226,7 @@ class NotifierBench:
 
     async def cleanup(self) -> None:
         s = self.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+        admin = make_admin(s)
         await admin.start()
         try:
             names = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix)]

@@ -28,7 +28,6 @@ import aiohttp
 import orjson
 import uvloop
 import yaml
-from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -40,6 +39,7 @@ from services.gateway import repository as gateway_repo
 from services.notifier import repository as notifier_repo
 from shared import db, topics
 from shared.auth import Role, ensure_signing_key, hash_api_key, new_api_key
+from shared.kafka import make_admin
 from shared.settings import REPO, Settings, get_settings
 
 SERVICES = ("gateway", "routing", "notifier", "audit")
@@ -124,6 +124,7 @@ class Bench:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BLONET_")}
         self.app_env = {
             "BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.stack.kafka_port}",
+            "BLONET_SECRETS_FILE": str(self.stack.dir / "kafka" / "secrets.json"),  # the stack's Kafka logins
             "BLONET_PG_PORT": str(self.stack.pg_port),
             "BLONET_PG_DATABASE": f"blonet_bench_{self.run_id}",
             "BLONET_TOPIC_PREFIX": self.blonet_prefix,
@@ -328,7 +329,7 @@ class Bench:
             self.spawn(f"{system}-{c}", ["-m", "bench.floor", c], env)
         try:
             await self.wait_http(f"http://127.0.0.1:{FLOOR_PORT}/docs", server)
-            lag = LagProbe(self.settings.kafka_bootstrap, prefix)
+            lag = LagProbe(self.settings, prefix)
             print(_header(), flush=True)
             await self.steps(system, f"http://127.0.0.1:{FLOOR_PORT}/v1/alerts", {"content-type": "application/json"}, lag, names)
         finally:
@@ -342,7 +343,7 @@ class Bench:
             self.spawn(name, ["-m", f"services.{name}"], self.app_env)
         for i, name in enumerate(SERVICES):
             await self.wait_http(f"http://127.0.0.1:{BASE_PORT + i}/readyz", self.procs[name])
-        lag = LagProbe(self.settings.kafka_bootstrap, self.blonet_prefix)
+        lag = LagProbe(self.settings, self.blonet_prefix)
         print(_header(), flush=True)
         url, headers = f"http://127.0.0.1:{BASE_PORT}/v1/alerts", {"content-type": "application/json", "authorization": f"Bearer {key}"}
         await self.steps("blonet", url, headers, lag, list(SERVICES))
@@ -406,7 +407,7 @@ class Bench:
 
     async def create_topics(self, new: list[tuple[str, int]]) -> None:
         """Create (name, partitions) topics replicated as BLOnet's are on this cluster."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = make_admin(self.settings)
         await admin.start()
         try:
             replicas = await topics.replication(admin)
@@ -436,7 +437,7 @@ class Bench:
             self.stop(name)
         if self.topics_created:
             try:
-                admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+                admin = make_admin(self.settings)
                 await admin.start()
                 try:
                     await admin.delete_topics(self.topics_created)

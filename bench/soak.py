@@ -69,7 +69,7 @@ class Sampler:
         return found
 
     async def run(self) -> None:
-        lag = LagProbe(self.h.settings.kafka_bootstrap, self.h.settings.topic_prefix)
+        lag = LagProbe(self.h.settings, self.h.settings.topic_prefix)
         await lag.start()
         started = time.monotonic()
         try:

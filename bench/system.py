@@ -13,10 +13,10 @@ from pathlib import Path
 
 import aiohttp
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
-from shared.settings import REPO
+from shared.kafka import make_admin, make_consumer
+from shared.settings import REPO, Settings
 
 STACK_KEYS = ("BLONET_STACK_DIR", "BLONET_CACHE_DIR", "BLONET_KAFKA_PORT", "BLONET_KAFKA_CONTROLLER_PORT", "BLONET_PG_PORT")
 TEST_PORTS = {19092, 19093, 15433}  # the test suite's stack: never ours to touch
@@ -199,12 +199,12 @@ class LagProbe:
     committed on is not counted: after the warm-up every topic in use has had its first commit.
     """
 
-    def __init__(self, bootstrap: str, prefix: str) -> None:
-        self.bootstrap, self.prefix = bootstrap, prefix
+    def __init__(self, settings: Settings, prefix: str) -> None:
+        self.settings, self.prefix = settings, prefix
 
     async def start(self) -> None:
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        self.admin = make_admin(self.settings)
+        self.consumer = make_consumer(self.settings, enable_auto_commit=False)
         await self.admin.start()
         await self.consumer.start()
 

@@ -20,6 +20,7 @@ from services.routing.cli import apply_network
 from services.routing.network import load_network
 from shared import db, topics
 from shared.auth import Role, hash_api_key, new_api_key
+from shared.secretfile import replace_secret
 from shared.settings import REPO, Settings, get_settings
 
 SERVICES = ("gateway", "routing", "notifier", "audit")
@@ -47,9 +48,7 @@ async def prepare(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
                                        key_hash=hash_api_key(keys[name]), label=f"demo {name}")
 
     await db.in_session(settings, "gateway", issue)
-    keys_file.parent.mkdir(parents=True, exist_ok=True)
-    keys_file.touch(mode=0o600)
-    keys_file.write_text(json.dumps(keys, indent=2))
+    replace_secret(keys_file, json.dumps(keys, indent=2).encode())
     network = load_network(settings.network_dir)
     if await apply_network(settings, network, by="blonet run", source="cli"):
         console.print(f"network {settings.network_dir} activated as {network.hash}")

@@ -18,6 +18,7 @@ from services.notifier import service as notifier_service
 from services.routing.cli import rules as routing_rules
 from shared import db, topics
 from shared.auth import Role, hash_api_key, new_api_key
+from shared.secretfile import replace_secret
 from shared.settings import get_settings
 
 app = typer.Typer(help="BLOnet: route law-enforcement alerts between agencies and across borders.", no_args_is_help=True)
@@ -172,9 +173,7 @@ def endpoints_list() -> None:
 def endpoints_export(out: Path = typer.Option(..., help="file to write (mode 0600)")) -> None:
     """Write every endpoint's secret as JSON, for the local demo inboxes."""
     found = asyncio.run(_with_session("notifier", notifier_repo.secrets_by_endpoint))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.touch(mode=0o600)
-    out.write_text(json.dumps(found, indent=2))
+    replace_secret(out, json.dumps(found, indent=2).encode())  # a new 0600 file, even over an older looser one
     console.print(f"{len(found)} secrets written to {out}")
 
 

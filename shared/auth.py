@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from shared.secretfile import create_secret
 from shared.settings import Settings, get_settings
 
 KEY_PREFIX = "blo"
@@ -64,11 +65,12 @@ def ensure_signing_key(settings: Settings) -> None:
     if settings.environment == "production":
         raise RuntimeError(f"token signing key missing: {settings.token_private_key_file}")
     key = Ed25519PrivateKey.generate()
-    settings.token_private_key_file.parent.mkdir(parents=True, exist_ok=True)
-    settings.token_private_key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    settings.token_private_key_file.chmod(0o600)
+    try:
+        create_secret(settings.token_private_key_file, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    except FileExistsError:
+        return  # another process made it first; its public key follows
+    settings.token_public_key_file.parent.mkdir(parents=True, exist_ok=True)
     settings.token_public_key_file.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

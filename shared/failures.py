@@ -77,6 +77,8 @@ def describe(exc: BaseException) -> str:
         text = f"{getattr(exc, 'encoding', '')} {getattr(exc, 'reason', '')} at byte {getattr(exc, 'start', '?')}".strip()
     elif isinstance(exc, json.JSONDecodeError):  # orjson's is one too
         text = f"{exc.msg} at character {exc.pos}"
+    elif getattr(exc, "quotes_no_input", False):  # a message built to be safe (e.g. shared.kafka.ForeignEvent)
+        text = str(exc)
     elif isinstance(exc, (KafkaError, OSError, TimeoutError)):
         text = str(exc) or type(exc).__name__
     else:  # an unknown message may quote data: say where it was raised instead

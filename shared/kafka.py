@@ -4,15 +4,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from shared import failures, tracing
-from shared.events import Envelope
+from shared.events import Envelope, EventType
 from shared.metrics import CONSUMER_LAG, CONSUMER_RETRIES, EVENTS_REJECTED
 from shared.settings import Settings
 
@@ -33,6 +36,34 @@ DEADLETTER_HEADER = "blonet-deadletter-"  # prefix of the headers a dead letter 
 METADATA_MAX_AGE_MS = 15_000
 
 
+SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+def client_options(settings: Settings) -> dict:
+    """The connection options every Kafka client of BLOnet uses: the brokers, and the login of this
+    process's principal (SASL/SCRAM-SHA-512, over TLS with SASL_SSL) when it has one."""
+    options: dict = {"bootstrap_servers": settings.kafka_bootstrap}
+    login = settings.kafka_login()
+    if login is None:
+        return options
+    protocol = settings.kafka_security_protocol or "SASL_PLAINTEXT"
+    options.update(security_protocol=protocol, sasl_mechanism=SASL_MECHANISM,
+                   sasl_plain_username=login[0], sasl_plain_password=login[1])
+    if protocol == "SASL_SSL":
+        options["ssl_context"] = create_ssl_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    return options
+
+
+def make_consumer(settings: Settings, *topics: str, **kwargs) -> AIOKafkaConsumer:
+    """Return a consumer logged in as this process's principal (`kwargs`: any aiokafka option)."""
+    return AIOKafkaConsumer(*topics, **client_options(settings), **kwargs)
+
+
+def make_admin(settings: Settings, **kwargs) -> AIOKafkaAdminClient:
+    """Return an admin client logged in as this process's principal."""
+    return AIOKafkaAdminClient(**client_options(settings), **kwargs)
+
+
 def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKafkaProducer:
     """Return a producer that only reports success once every in-sync replica has the record.
 
@@ -40,7 +71,7 @@ def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKa
     the producer's buffer, so a caller told "failed" can rely on it not landing later.
     """
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
         enable_idempotence=True,  # implies acks=all; retries never duplicate or reorder
         acks="all",
         linger_ms=1,
@@ -81,6 +112,27 @@ async def send(producer: AIOKafkaProducer, topic: str, key: str, envelope: Envel
     if span is not None:
         ack.add_done_callback(lambda done: tracing.end_producer(span, done))
     return ack
+
+
+class ForeignEvent(ValueError):
+    """A record's event type is not one its topic's producer publishes (the message names a known
+    type only, never a string from the record)."""
+
+    quotes_no_input = True
+
+    def __init__(self, claimed: str, topic: str, allowed: frozenset[str]) -> None:
+        shown = repr(claimed) if claimed in set(EventType) else "an unknown type"
+        super().__init__(f"event type {shown} is not published on {topic} (its producer publishes "
+                         f"{', '.join(sorted(allowed))})")
+
+
+def event_type_of(value: bytes | None) -> str | None:
+    """The `type` an envelope claims, or None when the value is not a JSON object with a string type."""
+    try:
+        found = orjson.loads(value).get("type") if value else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):
@@ -124,12 +176,14 @@ class EventConsumer:
         max_records: int = 200, fetch_max_wait_ms: int | None = None,
         deadletter_topic: str | None = None, probes: Sequence[Probe] = (),
         transaction: Callable[[], AbstractAsyncContextManager] = nullcontext,
+        accepts: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.settings, self.group, self.topics, self.handler = settings, group, list(topics), handler
         self.max_records = max_records
         # Short waits keep the delivery path fast; consumers off it can poll far less often.
         self.fetch_max_wait_ms = fetch_max_wait_ms or settings.fetch_max_wait_ms
         self.deadletter_topic, self.probes, self.transaction = deadletter_topic, list(probes), transaction
+        self.accepts = dict(accepts or {})  # topic -> the event types its producer publishes (checked when dead letters exist)
         self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
@@ -138,8 +192,8 @@ class EventConsumer:
         self._lag_at = float("-inf")
 
     def _make_consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        return make_consumer(
+            self.settings,
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -216,6 +270,9 @@ class EventConsumer:
         # One CONSUMER span per record, child of its producer's; events the handler wraps with a
         # record's envelope as their cause become children of that record's span.
         with tracing.consuming(self.group, records) as spans:
+            records = await self._refuse_foreign(records, spans)
+            if not records:
+                return
             if await self._outlasting(lambda: self._call(records, spans), "handler", spans) is None:
                 return
             poison: list[tuple[ConsumerRecord, Exception]] = []
@@ -230,6 +287,24 @@ class EventConsumer:
                 raise failed
             for record, exc in poison:
                 await self._dead_letter(record, exc, spans)
+
+    async def _refuse_foreign(self, records: list[ConsumerRecord], spans: tracing.Batch) -> list[ConsumerRecord]:
+        """Dead-letter each record whose event type its topic's producer does not publish; return the rest.
+
+        Only that producer's principal may write the topic (ACLs), so this keeps a compromised or
+        buggy service from passing off, say, a routing decision on a topic it owns. A record whose
+        type cannot be read is left to the handler (which dead-letters it as poison)."""
+        if not self.accepts or self.deadletter_topic is None:
+            return records
+        kept = []
+        for record in records:
+            allowed = self.accepts.get(record.topic)
+            claimed = event_type_of(record.value) if allowed is not None else None
+            if claimed is None or claimed in allowed:
+                kept.append(record)
+            else:
+                await self._dead_letter(record, ForeignEvent(claimed, record.topic, allowed), spans)
+        return kept
 
     async def _call(self, records: list[ConsumerRecord], spans: tracing.Batch) -> None:
         if len(records) == 1:

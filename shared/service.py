@@ -10,17 +10,23 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from fastapi import FastAPI
 from sqlalchemy import text
 
 from shared import db, failures, tracing
 from shared.bodylimit import BodyLimit
 from shared.kafka import EventConsumer, make_producer
-from shared.topics import deadletter_topic
+from shared.topics import accepted_events, deadletter_topic
 from shared.observability import configure_logging, install
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+LOGIN_REFUSED = {"28P01", "28000"}  # SQLSTATE: invalid_password, invalid_authorization_specification
+
+
+class StartupRefused(RuntimeError):
+    """A dependency refused this service's credentials: the message says which setting to fix."""
 
 
 class Runtime:
@@ -50,6 +56,7 @@ class Runtime:
         topic_names = [self.settings.topic(t) for t in topics]
         self.consumers.append(EventConsumer(
             self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler,
+            accepts=accepted_events(self.settings, topics),
             deadletter_topic=self.settings.topic(deadletter_topic(self.name).name),
             probes=(self._check_db, self._check_kafka), transaction=lambda: db.one_transaction(self.engine), **kwargs,
         ))
@@ -58,15 +65,32 @@ class Runtime:
         async with self.engine.connect() as conn:
             await asyncio.wait_for(conn.execute(text("SELECT 1")), 2)
 
+    async def _log_in_to_database(self) -> None:
+        """Fail start-up (and so readiness) with one clear line when the database refuses this role's login."""
+        try:
+            await self._check_db()
+        except Exception as exc:
+            if failures.sqlstate(exc) not in LOGIN_REFUSED:
+                raise
+            raise StartupRefused(
+                f"{self.name}: the database refused the login of role {self.name} ({type(exc).__name__}): set "
+                f"BLONET_DB_{self.name.upper()}_PASSWORD (or db.{self.name} in BLONET_SECRETS_FILE) to its password") from None
+
     async def _check_kafka(self) -> None:
         if not await asyncio.wait_for(self.producer.client.force_metadata_update(), 2):
             raise ConnectionError("no Kafka broker answered")
 
     async def start(self) -> None:
         tracing.configure(self.name, self.settings)  # spans exported only when BLONET_OTLP_ENDPOINT is set
+        await self._log_in_to_database()
         await db.migrate(self.settings, self.name)
         self.producer = make_producer(self.settings, self.producer_timeout_ms)
-        await self.producer.start()
+        try:
+            await self.producer.start()
+        except KafkaConnectionError as exc:
+            user = (self.settings.kafka_login() or ("none (PLAINTEXT)",))[0]
+            raise StartupRefused(f"{self.name}: cannot reach or log in to Kafka at {self.settings.kafka_bootstrap} as "
+                                 f"principal {user} ({exc}); a refused login is logged just above") from None
         for consumer in self.consumers:
             consumer.producer = self.producer
         for step in self.before_consuming:
@@ -118,7 +142,11 @@ class Runtime:
     def app(self, **fastapi_kwargs) -> FastAPI:
         @asynccontextmanager
         async def lifespan(_: FastAPI):
-            await self.start()
+            try:
+                await self.start()
+            except StartupRefused as exc:
+                log.error(str(exc))  # one clear line in the service's own log format, then uvicorn exits
+                raise
             try:
                 yield
             finally:

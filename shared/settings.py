@@ -1,15 +1,22 @@
 """Typed settings for every BLOnet process, read from BLONET_* environment variables."""
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_DB_PASSWORD_PREFIX = "dev-"
+KAFKA_ADMIN = "admin"  # the Kafka super user: setup, tests, benches and the CLI; services use their own
+DB_ROLES = ("gateway", "routing", "notifier", "audit")
+
+
+class SecretsError(RuntimeError):
+    """A credential is missing or unreadable; the message names the setting to fix."""
 
 
 class Settings(BaseSettings):
@@ -21,6 +28,18 @@ class Settings(BaseSettings):
     node_id: str = "blonet-local"  # origin node stamped on every event (federation-ready)
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Kafka login (docs/security.md): SASL/SCRAM-SHA-512 as `kafka_username` (unset: admin; each
+    # service process sets its own name, services/*/__main__.py) with `kafka_password`, else the
+    # password the secrets file holds for that principal. Unset protocol: SASL when a password is
+    # found, else PLAINTEXT (refused in production). SASL_SSL verifies the broker with the CA file.
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    kafka_username: str | None = None
+    kafka_password: str | None = Field(None, repr=False)
+    kafka_ssl_cafile: Path | None = None
+    # {"kafka": {"<principal>": "<password>"}, "db": {"<role>": "<password>"}}: one file per host,
+    # holding only what that host's processes need (the local stack writes its Kafka part:
+    # var/stack/kafka/secrets.json, read by default when present).
+    secrets_file: Path | None = REPO / "var" / "stack" / "kafka" / "secrets.json"
     topic_prefix: str = ""  # lets tests run isolated topic sets on one broker
     fetch_max_wait_ms: int = 10  # consumers on the accept-to-delivery path
     background_fetch_max_wait_ms: int = 200  # consumers off it (status views, acks)
@@ -33,8 +52,13 @@ class Settings(BaseSettings):
     pg_port: int = 5433
     pg_database: str = "blonet"
     pg_superuser: str = "postgres"  # used only by `blonet db bootstrap`
-    db_password: str | None = None  # the current service role's password; dev default below
-    db_owner_password: str | None = None  # audit_owner's: only `blonet setup` (migrations) needs it
+    # One login per service role (`blonet setup` creates them): BLONET_DB_<SERVICE>_PASSWORD, else the
+    # secrets file's db.<role>; outside production a missing one is the dev default "dev-<role>".
+    db_gateway_password: str | None = Field(None, repr=False)
+    db_routing_password: str | None = Field(None, repr=False)
+    db_notifier_password: str | None = Field(None, repr=False)
+    db_audit_password: str | None = Field(None, repr=False)
+    db_owner_password: str | None = Field(None, repr=False)  # audit_owner's: only `blonet setup` (migrations) needs it
 
     token_private_key_file: Path = REPO / "var" / "keys" / "token-signing.pem"
     token_public_key_file: Path = REPO / "var" / "keys" / "token-signing.pub.pem"
@@ -106,17 +130,57 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_dev_secrets_outside_development(self) -> Settings:
         if self.environment == "production":
-            if self.db_password is None or self.db_password.startswith(DEV_DB_PASSWORD_PREFIX):
-                raise ValueError("BLONET_DB_PASSWORD must be set to a real secret in production")
+            for role in (*DB_ROLES, "owner"):
+                if (getattr(self, f"db_{role}_password") or "").startswith(DEV_DB_PASSWORD_PREFIX):
+                    raise ValueError(f"BLONET_DB_{role.upper()}_PASSWORD must be a real secret in production, not a dev default")
+            if self.kafka_security_protocol == "PLAINTEXT":
+                raise ValueError("BLONET_KAFKA_SECURITY_PROTOCOL must be SASL_PLAINTEXT or SASL_SSL in production")
             if self.allow_insecure_webhooks:
                 raise ValueError("BLONET_ALLOW_INSECURE_WEBHOOKS must be false in production")
             if self.token_private_key_file.is_relative_to(REPO / "var"):
                 raise ValueError("BLONET_TOKEN_*_KEY_FILE must point outside the dev key folder")
         return self
 
+    def _secrets(self, section: str) -> dict[str, str]:
+        """One section of the secrets file ({} when none is set or there; a missing password is then
+        reported by whoever needs it, naming both settings)."""
+        path = self.secrets_file
+        if path is None or not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text()).get(section, {})
+        except (OSError, ValueError) as exc:
+            raise SecretsError(f"BLONET_SECRETS_FILE {path}: cannot read it ({exc.__class__.__name__})") from None
+
     def password_for(self, role: str) -> str:
-        """Return the database password of a service role (dev default outside production)."""
-        return self.db_password or f"{DEV_DB_PASSWORD_PREFIX}{role}"
+        """Return the database password of a service role: its own setting, else the secrets file's,
+        else (outside production only) the dev default."""
+        explicit = getattr(self, f"db_{role}_password", None) if role in DB_ROLES else None
+        found = explicit or self._secrets("db").get(role)
+        if found:
+            return found
+        if self.environment == "production":
+            raise SecretsError(f"BLONET_DB_{role.upper()}_PASSWORD (or db.{role} in BLONET_SECRETS_FILE) must be set in production")
+        return f"{DEV_DB_PASSWORD_PREFIX}{role}"
+
+    def kafka_login(self) -> tuple[str, str] | None:
+        """Return this process's Kafka (principal, password), or None for an unauthenticated client."""
+        user = self.kafka_username or KAFKA_ADMIN
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return None
+        known = {} if self.kafka_password else self._secrets("kafka")
+        password = self.kafka_password or known.get(user)
+        # Unset protocol: SASL when any Kafka credential is configured (and always in production).
+        if not (self.kafka_security_protocol or password or known or self.environment == "production"):
+            return None
+        if password is None:
+            raise SecretsError(f"no Kafka password for principal {user}: set BLONET_KAFKA_PASSWORD "
+                               f"or kafka.{user} in BLONET_SECRETS_FILE ({self.secrets_file})")
+        return user, password
+
+    def for_service(self, service: str) -> Settings:
+        """These settings as service `service` runs with them: its own Kafka principal unless one is set."""
+        return self if self.kafka_username else self.model_copy(update={"kafka_username": service})
 
     def service_url(self, service: Literal["gateway", "routing", "notifier", "audit"]) -> str:
         """Return the base URL of a service: its *_url setting, else loopback on its port."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+from pathlib import Path
 
 from shared.settings import REPO
 
@@ -26,8 +27,9 @@ def port(offset: int) -> int:
 # listen on their own ports beside a `make run` stack; each run gets its own database and topics.
 KAFKA_PORT = os.environ.get("BLONET_TEST_KAFKA_PORT", "19092")
 PG_PORT = os.environ.get("BLONET_TEST_PG_PORT", "15433")
+STACK_DIR = os.environ.get("BLONET_TEST_STACK_DIR", str(REPO / "var" / "test-stack"))
 STACK_ENV = {
-    "BLONET_STACK_DIR": str(REPO / "var" / "test-stack"),
+    "BLONET_STACK_DIR": STACK_DIR,
     "BLONET_KAFKA_PORT": KAFKA_PORT,
     "BLONET_KAFKA_CONTROLLER_PORT": os.environ.get("BLONET_TEST_CONTROLLER_PORT", "19093"),
     "BLONET_PG_PORT": PG_PORT,
@@ -35,6 +37,9 @@ STACK_ENV = {
 APP_ENV = {
     "BLONET_ENVIRONMENT": "test",
     "BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA_PORT}",
+    # The test stack's Kafka logins (written when it is formatted): tests act as admin, and each
+    # service process as itself (services/*/__main__.py), under the ACLs granted for this run's prefix.
+    "BLONET_SECRETS_FILE": str(Path(STACK_DIR) / "kafka" / "secrets.json"),
     "BLONET_PG_PORT": PG_PORT,
     "BLONET_PG_DATABASE": f"blonet_test_{RUN}",
     "BLONET_TOPIC_PREFIX": f"t{RUN}.",

@@ -191,3 +191,35 @@ def test_the_console_reaches_every_service_and_the_audit_key(services):
     assert private in mounts["audit"] and not mounts["audit"][private].endswith(":ro")
     assert not mounts["audit"][public].endswith(":ro") and mounts["gateway"][public].endswith(":ro")
     assert private not in mounts["gateway"], "the gateway must never see the audit signing key"
+
+
+def test_kafka_authenticates_every_listener_and_authorises_with_acls(services):
+    env = services["kafka"]["environment"]
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = re.findall(r"(\w+)://", env["KAFKA_LISTENERS"])
+    assert {protocols[name] for name in listeners} == {"SASL_PLAINTEXT"}, "no listener may be PLAINTEXT"
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_SUPER_USERS"] == "User:admin" and env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    # Every principal is formatted into the volume before the broker starts.
+    assert services["kafka"]["depends_on"]["kafka-format"]["condition"] == "service_completed_successfully"
+    command = " ".join(services["kafka-format"]["command"])
+    for principal in ("admin", *SERVICES):
+        assert f"SCRAM-SHA-512=[name={principal}," in command, principal
+
+
+def test_each_service_logs_in_to_kafka_with_its_own_password(services):
+    passwords = {name: services[name]["environment"]["BLONET_KAFKA_PASSWORD"] for name in ("setup", *SERVICES)}
+    assert len(set(passwords.values())) == len(passwords), passwords
+    for name in ("setup", *SERVICES):
+        assert services[name]["environment"]["BLONET_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+
+
+def test_only_the_gateway_mounts_the_token_signing_key(services):
+    env = services["gateway"]["environment"]
+    private, public = (str(Path(env[f"BLONET_TOKEN_{kind}_KEY_FILE"]).parent) for kind in ("PRIVATE", "PUBLIC"))
+    assert private != public
+    for name in SERVICES:
+        mounts = {str(v).split(":")[1]: str(v) for v in services[name]["volumes"]}
+        assert (private in mounts) == (name == "gateway"), name
+        assert public in mounts and (name == "gateway") != mounts[public].endswith(":ro"), name

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from shared.checkpoint import SignerKey
+from shared.secretfile import create_secret
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,14 +28,7 @@ def origin(settings: Settings) -> str:
 def write_new_key(path: Path, name: str) -> SignerKey:
     """Write a new signer key to `path` (mode 0600); refuse to replace an existing key."""
     key = SignerKey.generate(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(f"{key}\n")
-    tmp.chmod(0o600)
-    try:
-        os.link(tmp, path)  # atomic and exclusive: two instances starting at once keep one key
-    finally:
-        tmp.unlink()
+    create_secret(path, f"{key}\n".encode())  # 0600 from the start, exclusive: two instances keep one key
     return key
 
 

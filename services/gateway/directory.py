@@ -10,12 +10,13 @@ import asyncio
 import logging
 
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from pydantic import ValidationError
 
 from shared import topics
 from shared.directory import Directory
 from shared.events import Envelope, RulesChanged
+from shared.kafka import make_consumer
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class ActiveDirectory:
 
     async def follow(self, stopping: asyncio.Event) -> None:
         """Read routing.rules from its start and keep following it; no consumer group, no offsets."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
+        consumer = make_consumer(self.settings, enable_auto_commit=False)
         tp = TopicPartition(self.settings.topic(topics.ROUTING_RULES.name), 0)
         await consumer.start()
         try:

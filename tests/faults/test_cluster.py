@@ -9,13 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from shared import topics
-from shared.kafka import make_producer
-from shared.settings import REPO, get_settings
+from shared.kafka import make_admin, make_consumer, make_producer
+from shared.settings import REPO, Settings, get_settings
 from tests.conftest import RUN, port
 
 pytestmark = [pytest.mark.stack, pytest.mark.faults]
@@ -59,10 +59,11 @@ async def partition_state(admin: AIOKafkaAdminClient, topic: str) -> list[dict]:
 async def test_topics_have_three_replicas_and_survive_the_leader_being_killed(cluster):
     folder, env, bootstrap = cluster
     assert bootstrap.count(",") == 2
-    settings = get_settings().model_copy(update={"kafka_bootstrap": bootstrap, "topic_prefix": f"c{RUN}."})
+    settings = get_settings().model_copy(update={"kafka_bootstrap": bootstrap, "topic_prefix": f"c{RUN}.",
+                                                  "secrets_file": folder / "kafka" / "secrets.json"})
     await topics.create_topics(settings)
     topic = settings.topic(topics.ALERTS_SUBMITTED.name)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     producer = make_producer(settings)
     await producer.start()
@@ -78,7 +79,7 @@ async def test_topics_have_three_replicas_and_survive_the_leader_being_killed(cl
         os.kill(broker_pid(folder, leader), signal.SIGKILL)
         await produce(100, 100)  # a new leader is elected among the two replicas still in sync
         assert next(p["leader"] for p in await partition_state(admin, topic) if p["partition"] == 0) != leader
-        assert await read_all(bootstrap, topic) == [f"r{i}".encode() for i in range(200)]
+        assert await read_all(settings, topic) == [f"r{i}".encode() for i in range(200)]
         # read_all committed as a group: the offsets topic exists now, replicated like the others
         # (two of its three replicas in sync while the killed node is down).
         await asyncio.wait_for(_until_replicated(admin, "__consumer_offsets", in_sync=2), 60)
@@ -97,8 +98,8 @@ async def _until_replicated(admin: AIOKafkaAdminClient, topic: str, in_sync: int
         await asyncio.sleep(0.5)
 
 
-async def read_all(bootstrap: str, topic: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"c{RUN}.reader", enable_auto_commit=False,
+async def read_all(settings: Settings, topic: str) -> list[bytes]:
+    consumer = make_consumer(settings, group_id=f"c{RUN}.reader", enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:

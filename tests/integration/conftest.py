@@ -15,12 +15,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from services.gateway import repository as gateway_repo
 from shared import db
 from shared.auth import Role, hash_api_key, new_api_key
-from shared.kafka import DEADLETTER_MAX_BYTES
+from shared.kafka import DEADLETTER_MAX_BYTES, make_consumer
 from shared.settings import REPO, Settings
 from tests.conftest import APP_ENV, STACK_ENV
 
@@ -51,7 +51,7 @@ in_session = db.in_session  # kept under this name: many tests import it from he
 
 async def read_topic(settings: Settings, name: str, partitions: int) -> list:
     """Every record on a topic, from the beginning (dead letters up to their topics' size included)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = make_consumer(settings, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=4 * DEADLETTER_MAX_BYTES)
     await consumer.start()
     try:

@@ -101,11 +101,12 @@ async def run_cli(*args: str) -> tuple[int, str]:
 async def test_a_malformed_record_is_logged_as_rejected_and_the_consumer_goes_on(alone, auditor):
     good = submitted_record()
     alert_id = UUID(json.loads(good)["alert_id"])
-    await produce_raw(alone, topics.ALERTS_ROUTED.name, b'{"event_id": "not-a-uuid", "type":', good)
+    # (on alerts.submitted: an alert.submitted anywhere else would be refused as a foreign event)
+    await produce_raw(alone, topics.ALERTS_SUBMITTED.name, b'{"event_id": "not-a-uuid", "type":', good)
     found = await auditor.wait_for("/v1/search", lambda b: b["entries"], type="audit.rejected")
     rejected = [e for e in found["entries"] if base64.b64decode(e["payload"]["body"]).startswith(b'{"event_id": "not-a')]
     assert rejected and "json" in rejected[0]["fields"]["reason"].lower()
-    assert rejected[0]["fields"]["source"]["topic"] == alone.topic(topics.ALERTS_ROUTED.name)
+    assert rejected[0]["fields"]["source"]["topic"] == alone.topic(topics.ALERTS_SUBMITTED.name)
     trail = await auditor.wait_for(f"/v1/trail/{alert_id}", lambda b: b["entries"])
     assert trail["entries"][0]["type"] == "alert.submitted", "the record after the bad one was logged too"
 

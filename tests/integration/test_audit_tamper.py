@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from services.audit import keys
+from shared import topics
 from shared.checkpoint import peek_checkpoint
 from shared.merkle import Frontier, leaf_hash
 from shared.settings import Settings
@@ -62,6 +63,7 @@ async def log(settings, tmp_path_factory):
     """A log of its own (20 entries, saved checkpoint, 10 more, checkpoint) served by its own audit process."""
     s = await own_database(settings, "tamper")
     await append_records(s, [("alerts.submitted", 0, i, submitted_record()) for i in range(20)])
+    await topics.grant_acls(s.model_copy(update={"topic_prefix": APP_ENV["BLONET_TOPIC_PREFIX"] + "tamper."}))
     proc = start_service("audit", tmp_path_factory.mktemp("tamper"), {
         "BLONET_PG_DATABASE": s.pg_database, "BLONET_AUDIT_PORT": str(PORT),
         "BLONET_TOPIC_PREFIX": APP_ENV["BLONET_TOPIC_PREFIX"] + "tamper.", "BLONET_CHECKPOINT_INTERVAL_SECONDS": "0"})

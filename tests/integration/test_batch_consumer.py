@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -16,7 +16,7 @@ from services.gateway.models import recipients
 from shared import db, topics
 from shared.events import DeliveryRequested, Envelope, ViewProfile
 from shared.ids import new_id
-from shared.kafka import deadletter_of, envelope_headers, make_producer
+from shared.kafka import deadletter_of, envelope_headers, make_consumer, make_producer
 from shared.service import Runtime
 from shared.settings import Settings
 from tests.conftest import APP_ENV, port
@@ -68,7 +68,7 @@ async def one_poll(settings: Settings, envelopes: dict[int, list[Envelope]]) -> 
                 await producer.send_and_wait(name, env.to_bytes(), key=b"k", partition=partition, headers=envelope_headers(env))
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = make_consumer(settings, enable_auto_commit=False)
     await consumer.start()
     try:
         parts = [TopicPartition(name, p) for p in range(TOPIC.partitions)]

@@ -106,13 +106,13 @@ async def test_bad_requests_change_nothing(settings, services):
 
 async def _submitted_count(settings) -> tuple[int, int]:
     """Return (messages on alerts.submitted, alert rows in the gateway's table)."""
-    from aiokafka import AIOKafkaConsumer
+    from shared.kafka import make_consumer
 
     from services.gateway import repository
     from shared import topics
     from tests.integration.conftest import in_session
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = make_consumer(settings)
     await consumer.start()
     try:
         topic = settings.topic(topics.ALERTS_SUBMITTED.name)

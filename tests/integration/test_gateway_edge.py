@@ -9,7 +9,7 @@ from uuid import uuid4
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from lxml import etree
 from sqlalchemy import text
 
@@ -19,6 +19,7 @@ from shared import topics
 from shared.auth import Role, hash_api_key
 from shared.cap import schema
 from shared.events import AlertAcknowledged, AlertForwarded, Envelope, EventType
+from shared.kafka import make_consumer
 from tests.conftest import RUN, port
 from tests.integration.conftest import in_session, make_key, start_service, wait_ready
 from tests.integration.test_end_to_end import poll
@@ -75,7 +76,7 @@ async def strict(settings, tmp_path_factory) -> AsyncIterator[str]:
 
 
 async def topic_size(settings, name: str, prefix: str = PREFIX) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = make_consumer(settings)
     await consumer.start()
     try:
         parts = [TopicPartition(prefix + name, p) for p in range(next(t.partitions for t in topics.CATALOGUE if t.name == name))]
@@ -93,7 +94,7 @@ def _envelope(value: bytes | None) -> Envelope | None:
 
 
 async def events_on(settings, name: str, prefix: str) -> list[Envelope]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = make_consumer(settings, auto_offset_reset="earliest")
     await consumer.start()
     try:
         parts = [TopicPartition(prefix + name, p) for p in range(next(t.partitions for t in topics.CATALOGUE if t.name == name))]

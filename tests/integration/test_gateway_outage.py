@@ -4,15 +4,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from demo.scenario import SCENARIO
 from shared import topics
 from shared.auth import Role
 from shared.events import Envelope
+from shared.kafka import make_consumer
 from shared.settings import REPO
 from tests.conftest import port
 from tests.integration.conftest import make_key, start_service, wait_ready
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.stack
 KAFKA, GATEWAY = port(31), port(30)
 OUTAGE = {"BLONET_STACK_DIR": str(REPO / "var" / f"outage-stack-{KAFKA}"), "BLONET_KAFKA_PORT": str(KAFKA),
           "BLONET_KAFKA_CONTROLLER_PORT": str(port(32))}
+OUTAGE_SECRETS = str(REPO / "var" / f"outage-stack-{KAFKA}" / "kafka" / "secrets.json")  # that broker's logins
 
 
 def kafka(action: str) -> None:
@@ -31,7 +34,7 @@ def kafka(action: str) -> None:
 
 async def alert_ids_on(settings, name: str) -> list[str]:
     """Read every alert id on a topic from the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = make_consumer(settings, auto_offset_reset="earliest")
     await consumer.start()
     try:
         parts = [TopicPartition(settings.topic(name), p) for p in range(topics.ALERTS_SUBMITTED.partitions)]
@@ -48,10 +51,11 @@ async def alert_ids_on(settings, name: str) -> list[str]:
 
 async def test_kafka_down_means_503_and_nothing_accepted(settings, tmp_path):
     kafka("start")
-    outage = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{KAFKA}"})
+    outage = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{KAFKA}", "secrets_file": Path(OUTAGE_SECRETS)})
     await topics.create_topics(outage)
     key = await make_key(settings, "kg-sbs", Role.SUBMIT)
-    gw = start_service("gateway", tmp_path, {"BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA}", "BLONET_GATEWAY_PORT": str(GATEWAY),
+    gw = start_service("gateway", tmp_path, {"BLONET_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA}", "BLONET_SECRETS_FILE": OUTAGE_SECRETS,
+                                             "BLONET_GATEWAY_PORT": str(GATEWAY),
                                              "BLONET_ACCEPT_TIMEOUT_SECONDS": "3"})
     url = f"http://127.0.0.1:{GATEWAY}"
     try:

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
@@ -23,7 +22,7 @@ from shared import topics
 from shared.auth import Principal, Role, issue_token
 from shared.events import DeliveryRequested, Envelope, ViewProfile
 from shared.ids import new_id
-from shared.kafka import make_producer, send
+from shared.kafka import make_consumer, make_producer, send
 from tests.conftest import port
 from tests.integration.conftest import in_session
 
@@ -136,7 +135,7 @@ async def wait_for_state(settings, delivery_id: str, state: str, timeout: float 
 
 async def events_on(settings, topic: str, match, timeout: float = 20) -> list[dict]:
     """Return the payloads on `topic` that `match` (waits until at least one arrives)."""
-    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
+    consumer = make_consumer(settings, settings.topic(topic),
                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
     await consumer.start()
     found: list[dict] = []

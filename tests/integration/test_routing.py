@@ -7,14 +7,14 @@ from uuid import UUID
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from demo.scenario import PRECURSORS, SCENARIO
 from shared import topics
 from shared.auth import Role
 from shared.events import AlertForwarded, Envelope, RulesChanged
 from shared.ids import new_id
-from shared.kafka import make_producer, send
+from shared.kafka import make_consumer, make_producer, send
 from tests.conftest import port
 from tests.integration.conftest import make_key, start_service, wait_ready
 
@@ -77,7 +77,7 @@ async def test_precursor_alert_then_a_forward_within_amber(settings, services, i
 
 
 async def rules_events(settings) -> list[RulesChanged]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = make_consumer(settings, auto_offset_reset="earliest")
     await consumer.start()
     try:
         tp = TopicPartition(settings.topic(topics.ROUTING_RULES.name), 0)

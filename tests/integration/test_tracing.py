@@ -8,7 +8,7 @@ import contextlib
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -25,7 +25,7 @@ from shared.alerts import Alert
 from shared.auth import Role
 from shared.events import AlertRouted, AlertSubmitted, Envelope
 from shared.ids import new_id
-from shared.kafka import EventConsumer, make_producer, send
+from shared.kafka import EventConsumer, make_consumer, make_producer, send
 from shared.settings import Settings
 from tests.conftest import port
 from tests.integration.conftest import in_session, make_key, network_dir, start_service, wait_ready
@@ -137,7 +137,7 @@ async def test_off_the_gateways_trace_context_reaches_the_consumer_unchanged(hop
 
 async def submitted_traceparent(settings: Settings, alert_id: str) -> str | None:
     """Read alerts.submitted from the start and return the traceparent of `alert_id`'s event."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = make_consumer(settings, enable_auto_commit=False)
     await consumer.start()
     try:
         topic = settings.topic(topics.ALERTS_SUBMITTED.name)

@@ -8,7 +8,6 @@ from uuid import UUID
 import aiohttp
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import func, select
 
@@ -22,7 +21,7 @@ from shared.events import (
     Envelope, OperatorAction, Payload, Recipient, ViewProfile,
 )
 from shared.ids import new_id
-from shared.kafka import deadletter_of, make_producer
+from shared.kafka import deadletter_of, make_admin, make_producer
 from shared.settings import Settings
 from tests.integration.conftest import in_session, make_key, read_topic
 from tests.unit.test_cap import ALERT, cap
@@ -63,7 +62,7 @@ def nul_event(topic: topics.Topic) -> bytes:
 
 
 async def max_message_bytes(settings: Settings, name: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})])

@@ -1,4 +1,5 @@
 """Settings, directory validation and tokens."""
+import json
 from pathlib import Path
 
 import jwt
@@ -7,17 +8,41 @@ import yaml
 
 from services.routing.network import NetworkConfigError, load_network
 from shared.auth import Principal, Role, issue_token, split_api_key, new_api_key, verify_token, ensure_signing_key
-from shared.settings import REPO, Settings
+from shared.settings import REPO, SecretsError, Settings
+
+
+PRODUCTION = {"environment": "production", "allow_insecure_webhooks": False, "secrets_file": None}
 
 
 def test_production_refuses_development_secrets(tmp_path):
-    with pytest.raises(ValueError, match="BLONET_DB_PASSWORD"):
-        Settings(environment="production")
+    keys = {"token_private_key_file": tmp_path / "k.pem", "token_public_key_file": tmp_path / "k.pub"}
     with pytest.raises(ValueError, match="INSECURE_WEBHOOKS"):
-        Settings(environment="production", db_password="s3cret-long")
-    ok = Settings(environment="production", db_password="s3cret-long", allow_insecure_webhooks=False,
-                  token_private_key_file=tmp_path / "k.pem", token_public_key_file=tmp_path / "k.pub")
-    assert ok.password_for("routing") == "s3cret-long"
+        Settings(environment="production")
+    with pytest.raises(ValueError, match="BLONET_DB_NOTIFIER_PASSWORD must be a real secret"):
+        Settings(**PRODUCTION, **keys, db_notifier_password="dev-notifier")
+    with pytest.raises(ValueError, match="SASL_PLAINTEXT or SASL_SSL"):
+        Settings(**PRODUCTION, **keys, kafka_security_protocol="PLAINTEXT")
+    ok = Settings(**PRODUCTION, **keys, db_routing_password="s3cret-routing", db_audit_password="s3cret-audit")
+    assert ok.password_for("routing") == "s3cret-routing" and ok.password_for("audit") == "s3cret-audit"
+    with pytest.raises(SecretsError, match="BLONET_DB_GATEWAY_PASSWORD"):  # no shared fallback, no dev default
+        ok.password_for("gateway")
+    with pytest.raises(SecretsError, match="no Kafka password for principal admin"):  # production never runs PLAINTEXT
+        ok.kafka_login()
+
+
+def test_each_role_has_its_own_password_from_settings_or_the_secrets_file(tmp_path):
+    file = tmp_path / "secrets.json"
+    file.write_text(json.dumps({"kafka": {"admin": "ka", "routing": "kr"}, "db": {"routing": "dr", "gateway": "dg"}}))
+    s = Settings(secrets_file=file, db_gateway_password="explicit")
+    assert [s.password_for(r) for r in ("gateway", "routing", "notifier")] == ["explicit", "dr", "dev-notifier"]
+    assert s.kafka_login() == ("admin", "ka")
+    assert s.for_service("routing").kafka_login() == ("routing", "kr")
+    assert s.model_copy(update={"kafka_username": "audit"}).for_service("routing").kafka_username == "audit"
+    with pytest.raises(SecretsError, match="no Kafka password for principal notifier"):
+        s.for_service("notifier").kafka_login()  # a SASL stack without the notifier's password: say so
+    # No secrets file outside production: an unauthenticated client (a PLAINTEXT broker).
+    assert Settings(secrets_file=tmp_path / "absent.json").kafka_login() is None
+    assert "pw-7f3a" not in repr(s.model_copy(update={"kafka_password": "pw-7f3a"}))
 
 
 def test_a_broken_network_is_refused_with_every_problem_listed(tmp_path: Path):

@@ -193,3 +193,31 @@ def test_plain_failures_are_not_outages_and_network_ones_are():
     assert not failures.transient(ValueError("x")) and not failures.transient(KeyError("x"))
     assert failures.transient(ConnectionResetError()) and failures.transient(TimeoutError())
     assert failures.transient(KafkaConnectionError("x"))
+
+
+async def test_an_event_its_topics_producer_does_not_publish_is_dead_lettered_before_the_handler():
+    """Topic ownership: on a topic only the gateway writes, a routing decision is refused whoever wrote it."""
+    from shared import topics
+
+    accepts = topics.accepted_events(Settings(topic_prefix="t."), ["alerts.submitted", "gateway.deadletter"])
+    assert accepts == {"t.alerts.submitted": {"alert.submitted", "alert.forwarded"}}  # dead-letter topics carry any
+    store = Store()
+    c, producer = consumer(store)
+    c.accepts = accepts
+    submitted, routed = b'{"type": "alert.submitted"}', b'{"payload": {}, "type": "alert.routed"}'
+    await c._handle([record("t.alerts.submitted", 0, 0, submitted), record("t.alerts.submitted", 0, 1, routed),
+                     record("t.alerts.submitted", 0, 2, b"not json"), record("t.other", 0, 0, routed)])
+    # Unreadable records are the handler's to judge; a topic without a list is not checked.
+    assert store.calls == [3] and (0, 1) not in store.kept
+    [sent] = producer.sent
+    assert sent["value"] == routed and facts(sent)["error_class"] == "ForeignEvent"
+    assert "'alert.routed' is not published on t.alerts.submitted" in facts(sent)["error"]
+    await c._handle([record("t.alerts.submitted", 0, 3, b'{"type": "Ivan Petrov"}')])
+    assert "an unknown type is not published" in facts(producer.sent[-1])["error"]  # record strings are never quoted
+    assert "Ivan" not in facts(producer.sent[-1])["error"]
+
+
+@pytest.mark.parametrize("value,claimed", [(b'{"type": "x"}', "x"), (b'{"type": 1}', None), (b"[1]", None),
+                                           (b"\xff", None), (None, None), (b'"type"', None)])
+def test_the_claimed_event_type_is_read_only_from_a_json_object(value, claimed):
+    assert kafka.event_type_of(value) == claimed

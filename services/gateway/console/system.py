@@ -5,10 +5,9 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.gateway.console.upstream import Upstream, UpstreamError
+from shared.kafka import make_admin, make_consumer
 from shared.settings import Settings
 
 SERVICES = ("gateway", "routing", "notifier", "audit")
@@ -52,8 +51,8 @@ async def health(up: Upstream) -> list[dict]:
 
 async def consumer_lag(settings: Settings, timeout: float = 5.0) -> list[Lag]:
     """Committed offset against the log end, per group, topic and partition (this deployment's groups only)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
-    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = make_admin(settings, request_timeout_ms=int(timeout * 1000))
+    reader = make_consumer(settings, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(reader.start(), timeout)
