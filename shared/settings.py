@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     circuit_cooldown_seconds: float = 30.0  # open circuit: one probe after this long
     endpoint_rate_per_second: float = 50.0  # per endpoint and notifier instance
     endpoint_burst: int = 50
+    # Requests in flight at once to an endpoint that opts out of in-order delivery (directory:
+    # `in_order: false`); in-order endpoints (the default) have one.
+    endpoint_window: int = 4
+    # A delivery not finished this long after it was consumed is parked in the retry table, so
+    # the partition's offset can move on (docs/delivery.md).
+    park_after_seconds: float = 2.0
+    # Test only: SIGKILL the notifier after its POSTs and before its group commit, once (the hook
+    # writes this file first, and does not fire while it exists). Refused in production.
+    notifier_crash_marker: Path | None = None
     secret_overlap_seconds: float = 86_400.0  # after a rotation, both secrets sign for this long
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -104,6 +113,8 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if self.db_password is None or self.db_password.startswith(DEV_DB_PASSWORD_PREFIX):
                 raise ValueError("BLONET_DB_PASSWORD must be set to a real secret in production")
+            if self.notifier_crash_marker is not None:
+                raise ValueError("BLONET_NOTIFIER_CRASH_MARKER is a test hook; unset it in production")
             if self.allow_insecure_webhooks:
                 raise ValueError("BLONET_ALLOW_INSECURE_WEBHOOKS must be false in production")
             if self.token_private_key_file.is_relative_to(REPO / "var"):
