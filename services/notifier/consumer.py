@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from services.notifier import escalation, repository
 from services.notifier.dispatch import Dispatcher, Item
+from services.notifier.models import deliveries
 from shared.events import AlertAcknowledged, DeliveryRequested, Envelope, P, ViewProfile
 from shared import tracing
 from shared.observability import EVENTS_HANDLED
@@ -68,6 +69,31 @@ def decoded(records: Sequence[ConsumerRecord], model: type[P]) -> list[tuple[Env
     return found
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def unstorable(row: dict) -> str | None:
+    """Return why PostgreSQL would refuse a delivery row (a NUL, a string past its column), or None.
+
+    Checked before a poll's requests are taken: the group commit runs after the handler, where a
+    refused row could no longer be split out to the dead-letter topic.
+    """
+    for column in deliveries.columns:
+        value, limit = row.get(column.name), getattr(column.type, "length", None)
+        if _has_nul(value):
+            return f"{column.name} holds a NUL character"
+        if limit and isinstance(value, str) and len(value) > limit:
+            return f"{column.name} is longer than {limit} characters"
+    return None
+
+
 class DeliveryIntake:
     def __init__(self, runtime: Runtime, dispatcher: Dispatcher) -> None:
         self.rt, self.dispatcher = runtime, dispatcher
@@ -94,8 +120,8 @@ class DeliveryIntake:
         await d.refresh(epoch)
         agencies = {a.id: a for a in escalation.directory(self.rt.settings.network_dir).agencies}
         now = datetime.now(timezone.utc)
+        taken = []
         for record, (env, req) in zip(records, parsed):
-            EVENTS_HANDLED.labels("notifier", env.type).inc()
             if req.delivery_id in known or d.holds(req.delivery_id):
                 continue  # already done, parked or in hand: its offset moves with the poll's
             reason = refusal(self.rt.settings, req, set(d.endpoints))
@@ -108,9 +134,16 @@ class DeliveryIntake:
                 "body": req.body, "traceparent": tracing.traceparent_for(env), "format": req.format[:8],
                 "language": req.language, "due_at": now, "created_at": now, "finished_at": now if reason else None,
             }
+            problem = unstorable(row)
+            if problem:  # fails the poll before anything is taken: the consumer dead-letters this record alone
+                raise ValueError(f"delivery request cannot be stored: {problem}")
             watch = None if reason else self._watch(req, env.alert_id, agencies, now)
-            d.accept(Item(row=row, tp=TopicPartition(record.topic, record.partition), offset=record.offset, watch=watch),
-                     refused=bool(reason))
+            taken.append((Item(row=row, tp=TopicPartition(record.topic, record.partition), offset=record.offset, watch=watch),
+                          bool(reason)))
+        for item, refused in taken:
+            d.accept(item, refused=refused)
+        for env, _ in parsed:
+            EVENTS_HANDLED.labels("notifier", env.type).inc()
         await d.room()
 
 
