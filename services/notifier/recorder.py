@@ -22,6 +22,7 @@ from services.notifier import repository
 from services.notifier.breaker import Circuit, CircuitState
 from services.notifier.delivery import count_attempts, count_outcome, endpoint_outcomes, outbox_waiting
 from services.notifier.service import SYSTEM_ACTOR, record_action
+from shared import failures
 from shared.events import DeliveryState
 from shared.kafka import send
 from shared.service import Runtime
@@ -70,24 +71,54 @@ class Recorder:
             await asyncio.sleep(LINGER_SECONDS)
             while not self.queue.empty() and len(batch) < MAX_BATCH:
                 batch.append(self.queue.get_nowait())
-            results = [result for result, _ in batch]
-            pause = BACKOFF_SECONDS[0]
-            while True:
-                try:
-                    await self._write(results)
-                    break
-                except Exception as exc:  # noqa: BLE001 - an outage or a bug: keep the batch, never drop it
-                    log.warning("group commit failed; retrying", extra={"error_class": type(exc).__name__, "retry_in_s": pause})
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, BACKOFF_SECONDS[1])
-            for _, done in batch:
+            written = await self._commit(batch)
+            for _, done in written:
                 if not done.done():
                     done.set_result(None)
+            results = [result for result, _ in written]
             attempts = [r["attempt"] for r in results if r.get("attempt")]
             count_attempts(attempts)
             for r in results:
                 if r.get("refused"):
                     count_outcome(r["row"]["endpoint"], DeliveryState.FAILED, "refused")
+
+    async def _commit(self, batch: list[tuple[dict, asyncio.Future]]) -> list[tuple[dict, asyncio.Future]]:
+        """Write the batch, retrying while the database or Kafka is away; return what was written.
+
+        A failure while both answer means one result cannot be stored (never expected: intake
+        checks each request). Then each result is written alone; one that still fails is logged and
+        left unwritten, so its record's offset stays (the record is read again after a restart)
+        while every other delivery goes on.
+        """
+        pause = BACKOFF_SECONDS[0]
+        while True:
+            try:
+                await self._write([r for r, _ in batch])
+                return batch
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if len(batch) > 1 and not failures.transient(exc) and await self._answering():
+                    written = []
+                    for one in batch:
+                        written += await self._commit([one])
+                    return written
+                if len(batch) == 1 and not failures.transient(exc) and await self._answering():
+                    log.error("a delivery result cannot be stored; its record's offset stays", extra={
+                        "delivery_id": str(batch[0][0]["row"]["delivery_id"]), "error_class": failures.error_class(exc),
+                        "error": failures.describe(exc)})
+                    return []
+                log.warning("group commit failed during an outage; retrying", extra={
+                    "error_class": failures.error_class(exc), "retry_in_s": pause})
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BACKOFF_SECONDS[1])
+
+    async def _answering(self) -> bool:
+        """Return whether the database and Kafka both answer (a failure then is no outage)."""
+        try:
+            await self.rt._check_db()
+            await self.rt._check_kafka()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means a dependency is away
+            return False
 
     def _crash_hook(self, results: list[dict]) -> None:
         """Test only (BLONET_NOTIFIER_CRASH_MARKER): die after POSTs, before their group commit, once."""
