@@ -120,11 +120,11 @@ class DeliveryIntake:
         await d.refresh(epoch)
         agencies = {a.id: a for a in escalation.directory(self.rt.settings.network_dir).agencies}
         now = datetime.now(timezone.utc)
-        taken = []
+        taken, registered = [], set(d.endpoints)
         for record, (env, req) in zip(records, parsed):
             if req.delivery_id in known or d.holds(req.delivery_id):
                 continue  # already done, parked or in hand: its offset moves with the poll's
-            reason = refusal(self.rt.settings, req, set(d.endpoints))
+            reason = refusal(self.rt.settings, req, registered)
             if reason:
                 log.error("dead-lettering delivery request", extra={"endpoint": req.endpoint, "reason": reason})
             row = {
@@ -142,8 +142,7 @@ class DeliveryIntake:
                           bool(reason)))
         for item, refused in taken:
             d.accept(item, refused=refused)
-        for env, _ in parsed:
-            EVENTS_HANDLED.labels("notifier", env.type).inc()
+        EVENTS_HANDLED.labels("notifier", parsed[0][0].type).inc(len(parsed))  # all of one type (decoded)
         await d.room()
 
 

@@ -48,6 +48,7 @@ MAX_OPEN = 10_000  # records held in memory before the consumer waits
 CLAIM_BATCH = 100
 CLAIM_EVERY_SECONDS = 0.5  # how often parked deliveries are looked for (sooner when one of ours falls due)
 AGE_CHECK_SECONDS = 0.25
+DIRECTORY_CHECK_SECONDS = 1.0
 EXCERPT_NUL = "\ufffd"  # PostgreSQL text refuses NUL: an answer holding one must not stop the group commit
 STATES = {"delivered": DeliveryState.DELIVERED, "pending": DeliveryState.RETRYING, "failed": DeliveryState.FAILED}
 
@@ -59,10 +60,12 @@ class Item:
     row: dict
     tp: TopicPartition | None = None
     offset: int | None = None
-    since: float = 0.0
+    since: float = 0.0  # when it was consumed or claimed
+    sent: float = float("inf")  # when its attempt started
     watch: dict | None = None
     queued: bool = False  # it has a row in the retry table
     open: bool = False  # its record's offset may not move yet
+    open_parked: bool = False  # parked while in flight (once)
 
 
 @dataclass(eq=False)
@@ -90,6 +93,7 @@ class Dispatcher:
         self.owned: set[int] = set()  # partitions of deliveries.requested assigned here
         self.partitions = topics.DELIVERIES_REQUESTED.partitions
         self._partition: dict[str, int] = {}
+        self._unordered: tuple[float, set[str]] = (float("-inf"), set())
         self.http: aiohttp.ClientSession | None = None
         self.allowed = egress.allow_list(runtime.settings)
         self.wake = asyncio.Event()
@@ -108,11 +112,15 @@ class Dispatcher:
         return (self.endpoints.get(endpoint) or {}).get("rate_per_second") or self.s.endpoint_rate_per_second
 
     def window(self, endpoint: str) -> int:
-        try:
-            found = {e.id: e for e in escalation.directory(self.s.network_dir).endpoints}.get(endpoint)
-        except (OSError, ValueError):
-            found = None
-        return self.s.endpoint_window if found is not None and not found.in_order else 1
+        """One in flight for an in-order endpoint (the default); the configured window for one that opts out."""
+        now = self.clock()
+        if now - self._unordered[0] > DIRECTORY_CHECK_SECONDS:  # the directory file, looked at once a second
+            try:
+                found = {e.id for e in escalation.directory(self.s.network_dir).endpoints if not e.in_order}
+            except (OSError, ValueError):
+                found = set()
+            self._unordered = (now, found)
+        return self.s.endpoint_window if endpoint in self._unordered[1] else 1
 
     def owns(self, endpoint: str) -> bool:
         if endpoint not in self._partition:
@@ -250,6 +258,7 @@ class Dispatcher:
                 return
             self._set_circuit(lane, circuit)
             item = lane.waiting.popleft()
+            item.sent = now
             lane.in_flight.add(item)
             task = asyncio.create_task(self._attempt(lane, item))
             self._tasks.add(task)
@@ -365,19 +374,28 @@ class Dispatcher:
                     task.cancel()
 
     async def _watch_ages(self) -> None:
-        """Park what has been held longer than the bound, so no partition's offset waits on it."""
+        """Park what a stalled lane holds longer than the bound, so no partition's offset waits on it.
+
+        A request in flight longer than the bound is parked (leased by us: the lease covers a crash),
+        and so is everything waiting behind it; waiting requests too when the lane sends nothing
+        (rate limit, circuit). A lane that is merely busy keeps its queue: it is moving.
+        """
         bound = self.s.park_after_seconds
         lease = lease_for(self.s.webhook_timeout_seconds)
         while True:
             await asyncio.sleep(AGE_CHECK_SECONDS)
             oldest = self.clock() - bound
             for lane in self.lanes.values():
-                if any(i.open and i.since < oldest for i in lane.waiting):
-                    self._spill(lane, datetime.now(timezone.utc))
+                stalled = False
                 for item in lane.in_flight:
-                    if item.open and item.since < oldest:  # still sending: leased by us, the lease covers a crash
-                        item.since = float("inf")  # parked once
-                        self._park(item, datetime.now(timezone.utc) + lease, lease)
+                    if item.sent < oldest:
+                        stalled = True
+                        if item.open and not item.open_parked:
+                            item.open_parked = True
+                            self._park(item, datetime.now(timezone.utc) + lease, lease)
+                idle = not lane.in_flight and any(i.open and i.since < oldest for i in lane.waiting)
+                if lane.waiting and (stalled or idle):
+                    self._spill(lane, datetime.now(timezone.utc))
 
     def _held_back(self) -> list[str]:
         """Endpoints not to claim for now: window full or waiting here, circuit open, out of tokens."""
@@ -433,3 +451,5 @@ class Dispatcher:
             self.lane(row["endpoint"]).waiting.append(item)
         for e in got:
             self.pump(self.lanes[e])
+        if len(rows) == CLAIM_BATCH:
+            self.wake.set()  # more may be due
