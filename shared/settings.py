@@ -92,8 +92,8 @@ class Settings(BaseSettings):
     # Requests in flight at once to an endpoint that opts out of in-order delivery (directory:
     # `in_order: false`); in-order endpoints (the default) have one.
     endpoint_window: int = 4
-    # A delivery not finished this long after it was consumed is parked in the retry table, so
-    # the partition's offset can move on (docs/delivery.md).
+    # A delivery in flight this long (and the queue behind it) is parked in the retry table, so the
+    # partition's offset can move on; so is a queue that sends nothing for this long (docs/delivery.md).
     park_after_seconds: float = 2.0
     # Test only: SIGKILL the notifier after its POSTs and before its group commit, once (the hook
     # writes this file first, and does not fire while it exists). Refused in production.

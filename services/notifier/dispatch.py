@@ -49,6 +49,7 @@ CLAIM_BATCH = 100
 CLAIM_EVERY_SECONDS = 0.5  # how often parked deliveries are looked for (sooner when one of ours falls due)
 AGE_CHECK_SECONDS = 0.25
 DIRECTORY_CHECK_SECONDS = 1.0
+OVERDUE = 5  # a busy lane's queue is parked once a request in it has waited this many bounds
 EXCERPT_NUL = "\ufffd"  # PostgreSQL text refuses NUL: an answer holding one must not stop the group commit
 STATES = {"delivered": DeliveryState.DELIVERED, "pending": DeliveryState.RETRYING, "failed": DeliveryState.FAILED}
 
@@ -378,13 +379,15 @@ class Dispatcher:
 
         A request in flight longer than the bound is parked (leased by us: the lease covers a crash),
         and so is everything waiting behind it; waiting requests too when the lane sends nothing
-        (rate limit, circuit). A lane that is merely busy keeps its queue: it is moving.
+        (rate limit, circuit), or when one has waited OVERDUE × the bound however busy the lane.
+        A lane that is merely busy keeps its queue for that long: it is moving, and the database
+        stays off its path.
         """
         bound = self.s.park_after_seconds
         lease = lease_for(self.s.webhook_timeout_seconds)
         while True:
             await asyncio.sleep(AGE_CHECK_SECONDS)
-            oldest = self.clock() - bound
+            oldest, overdue = self.clock() - bound, self.clock() - bound * OVERDUE
             for lane in self.lanes.values():
                 stalled = False
                 for item in lane.in_flight:
@@ -393,8 +396,9 @@ class Dispatcher:
                         if item.open and not item.open_parked:
                             item.open_parked = True
                             self._park(item, datetime.now(timezone.utc) + lease, lease)
-                idle = not lane.in_flight and any(i.open and i.since < oldest for i in lane.waiting)
-                if lane.waiting and (stalled or idle):
+                limit = oldest if not lane.in_flight else overdue
+                waited = any(i.open and i.since < limit for i in lane.waiting)
+                if lane.waiting and (stalled or waited):
                     self._spill(lane, datetime.now(timezone.utc))
 
     def _held_back(self) -> list[str]:
