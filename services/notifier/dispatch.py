@@ -242,9 +242,10 @@ class Dispatcher:
 
     # -- sending ------------------------------------------------------------------------------------
     def pump(self, lane: Lane) -> None:
-        """Start the lane's next deliveries while its window, circuit and rate limit allow."""
+        """Start the lane's next deliveries while its window, circuit and rate limit allow (none once
+        the service stops: what waits is read again from the committed offset after the restart)."""
         window = self.window(lane.endpoint)
-        while lane.waiting and len(lane.in_flight) < window:
+        while lane.waiting and len(lane.in_flight) < window and not self.rt.stopping.is_set():
             now = self.clock()
             allowed, circuit = circuit_allows(lane.circuit, now, self.s.circuit_cooldown_seconds)
             if not allowed:
