@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_OPEN = 10_000  # records held in memory before the consumer waits
 CLAIM_BATCH = 100
 CLAIM_EVERY_SECONDS = 0.5  # how often parked deliveries are looked for (sooner when one of ours falls due)
+CLAIM_GAP_SECONDS = 0.02
 AGE_CHECK_SECONDS = 0.25
 DIRECTORY_CHECK_SECONDS = 1.0
 OVERDUE = 5  # a busy lane's queue is parked once a request in it has waited this many bounds
@@ -99,6 +100,7 @@ class Dispatcher:
         self.allowed = egress.allow_list(runtime.settings)
         self.wake = asyncio.Event()
         self.next_due: datetime | None = None
+        self._claim_asked = False
         self._tasks: set[asyncio.Task] = set()
 
     # -- the endpoints' cached state ------------------------------------------------------------
@@ -137,7 +139,7 @@ class Dispatcher:
 
     def assigned(self, partitions: set[TopicPartition]) -> None:
         self.owned |= {tp.partition for tp in partitions}
-        self.wake.set()
+        self._ask_claim()
 
     async def revoke(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Drop the partitions' waiting records and wait (bounded) for those in flight to finish."""
@@ -227,8 +229,16 @@ class Dispatcher:
         self._record(item, self._result(item, row, retry={"due_at": due, "leased_until": until}), final=lease is None)
 
     def _note_due(self, due: datetime) -> None:
+        """Have the claim loop look again when `due` comes (a retry or a probe of one of ours)."""
+        if due <= datetime.now(timezone.utc):
+            return  # due now: claimed once its lane may send (`_ask_claim`) or by the periodic look
         if self.next_due is None or due < self.next_due:
             self.next_due = due
+            self.wake.set()  # recompute the wait
+
+    def _ask_claim(self) -> None:
+        self._claim_asked = True
+        self.wake.set()
 
     def _spill(self, lane: Lane, due: datetime) -> None:
         """Park every waiting delivery of the lane (circuit open, or waiting too long); newer follow."""
@@ -285,6 +295,8 @@ class Dispatcher:
         finally:
             lane.in_flight.discard(item)
             self.pump(lane)
+            if lane.spilled and not lane.waiting:
+                self._ask_claim()  # what it parked may go now
 
     async def _send_one(self, row: dict) -> tuple[Outcome, str | None, datetime, float]:
         log_context.set({"alert_id": str(row["alert_id"]), "delivery_id": str(row["delivery_id"])})
@@ -316,7 +328,6 @@ class Dispatcher:
         retry = None if final else {"due_at": verdict.due_at, "leased_until": None}
         if retry:
             self._note_due(verdict.due_at)
-            self.wake.set()
         self._record(item, self._result(item, new, retry=retry, attempt=record, events=events), final=True)
         if verdict.disable_endpoint:  # 410: the rest waits in the table until an operator enables it
             self.endpoints.setdefault(lane.endpoint, {})["enabled"] = False
@@ -413,23 +424,30 @@ class Dispatcher:
         return held
 
     async def _claims(self) -> None:
-        """Claim due parked deliveries of the endpoints this instance owns, until the service stops."""
+        """Claim due parked deliveries of the endpoints this instance owns, until the service stops:
+        every CLAIM_EVERY_SECONDS, when one of ours falls due, or when a lane that parked some may send."""
         while not self.rt.stopping.is_set():
             wait = CLAIM_EVERY_SECONDS
             if self.next_due is not None:
                 wait = min(wait, max(0.0, (self.next_due - datetime.now(timezone.utc)).total_seconds()))
+            timed_out = False
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=wait)
             except asyncio.TimeoutError:
-                pass
+                timed_out = True
             self.wake.clear()
-            if self.next_due is not None and self.next_due <= datetime.now(timezone.utc):
+            asked, self._claim_asked = self._claim_asked, False
+            due = self.next_due is not None and self.next_due <= datetime.now(timezone.utc)
+            if not (timed_out or asked or due):
+                continue  # only an earlier due time: wait again, for it
+            if due:
                 self.next_due = None
             try:
                 await self._claim()
             except Exception as exc:  # noqa: BLE001 - the database is away: an outage to wait out
                 log.warning("claiming retries failed (%s); trying again in 1 s", type(exc).__name__)
                 await asyncio.sleep(1)
+            await asyncio.sleep(CLAIM_GAP_SECONDS)  # claims never crowd out the sends
 
     async def _claim(self) -> None:
         async with self.rt.engine.connect() as conn:
@@ -457,4 +475,4 @@ class Dispatcher:
         for e in got:
             self.pump(self.lanes[e])
         if len(rows) == CLAIM_BATCH:
-            self.wake.set()  # more may be due
+            self._ask_claim()  # more may be due
