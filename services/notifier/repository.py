@@ -164,7 +164,9 @@ _ENDPOINTS = text("""
 
 
 async def seen(conn: AsyncConnection, ids: list[UUID]) -> tuple[int, set[UUID]]:
-    """Return the endpoints' epoch and which of `ids` already have a delivery row (one round trip)."""
+    """Return the endpoints' epoch and which of `ids` already have a delivery row (one round trip:
+    autocommit, so no BEGIN and ROLLBACK around it)."""
+    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
     row = (await conn.execute(_SEEN, {"ids": ids})).one()
     return row.epoch, set(row.known)
 
