@@ -32,6 +32,9 @@ DEADLETTER_HEADER = "blonet-deadletter-"  # prefix of the headers a dead letter 
 # back, a client still asking the old leader was seen stuck for minutes. One small request every 15 s
 # bounds that.
 METADATA_MAX_AGE_MS = 15_000
+# With an offset gate, what the gate has finished is committed at most this often: the poll loop
+# does not wait for a commit round trip after every poll (a crash replays at most this much more).
+GATE_COMMIT_SECONDS = 0.2
 
 
 def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKafkaProducer:
@@ -157,6 +160,7 @@ class EventConsumer:
         self.deadletter_topic, self.probes, self.transaction = deadletter_topic, list(probes), transaction
         self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
         self.gate = gate
+        self._settled_at = float("-inf")
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -201,7 +205,9 @@ class EventConsumer:
                     await self._handle(records)
                     polled = {tp: part[-1].offset + 1 for tp, part in batches.items() if part}
                     self.gate.polled(polled) if self.gate is not None else self._done.update(polled)
-                self.settle()
+                if self.gate is None or time.monotonic() - self._settled_at >= GATE_COMMIT_SECONDS:
+                    self._settled_at = time.monotonic()
+                    self.settle()
                 await self.commit_done()
                 await self._report_lag()
         finally:

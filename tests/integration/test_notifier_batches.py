@@ -50,11 +50,12 @@ def notifier_env(s, **extra) -> dict[str, str]:
 
 
 class Receiver:
-    """Records webhook-ids per path and the most requests it held at once; /hang holds its first
-    request for a minute, /slow each for `slow` seconds."""
+    """Records webhook-ids and arrival times per path and the most requests it held at once; /hang
+    holds its first request for a minute, /slow* each for `slow` seconds, /fail answers 500."""
 
     def __init__(self) -> None:
         self.calls: dict[str, list[str]] = defaultdict(list)
+        self.times: dict[str, list[float]] = defaultdict(list)
         self.busy: dict[str, int] = defaultdict(int)
         self.most: dict[str, int] = defaultdict(int)
         self.hanging = asyncio.Event()
@@ -63,6 +64,9 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.calls[name].append(request.headers["webhook-id"])
+        self.times[name].append(time.monotonic())
+        if name == "fail":
+            return web.Response(status=500)
         self.busy[name] += 1
         self.most[name] = max(self.most[name], self.busy[name])
         try:
@@ -232,3 +236,47 @@ async def test_retries_pending_before_the_upgrade_are_delivered_after_it_with_th
         assert dict(tries.all()) == {v[0]: v[1] + 1 for v in old.values()}, "the attempt count carries on"
     finally:
         assert proc.stop() in (0, -signal.SIGTERM), proc.tail()
+
+
+
+async def arrivals(receiver: Receiver, name: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(receiver.calls[name]) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(receiver.calls[name]) >= count, f"{name}: {len(receiver.calls[name])} of {count} arrived"
+
+
+async def test_with_two_instances_each_endpoint_has_one_breaker_one_rate_and_one_window(own, receiver, tmp_path):
+    """Issue 14: the instance owning an endpoint's partition holds its breaker, rate limit and window
+    (retries too are claimed by the owner only), so two instances together send one request at a
+    time to an in-order endpoint, at most the endpoint's rate, and stop after 3 failures (the
+    tests' threshold) until the cooldown ends."""
+    s = own
+    await db.migrate(s, "notifier")
+    slow = ["slow-a", "slow-b", "slow-c", "slow-d"]
+    await register(s, [*slow, "fail", "paced"])
+    receiver.slow = 0.3
+    ports = (port(422), port(423))
+    procs = [start_service("notifier", tmp_path, {**notifier_env(s, endpoint_rate_per_second=4, endpoint_burst=1),
+                                                  "BLONET_NOTIFIER_PORT": str(p)}, suffix=f"-own{n}")
+             for n, p in enumerate(ports)]
+    try:
+        for p, proc in zip(ports, procs):
+            await wait_ready(p, proc)
+        await asyncio.sleep(3)  # both members have joined: the partitions are split between them
+        await request_deliveries(s, ["fail"] * 4, url=url("fail"))
+        await arrivals(receiver, "fail", 3)
+        await asyncio.sleep(1.0)  # within the 2 s cooldown
+        assert len(receiver.calls["fail"]) == 3, "one circuit: open after 3 failures, whichever instance holds the retries"
+        for name in slow:
+            await request_deliveries(s, [name] * 4, url=url(name))
+        await request_deliveries(s, ["paced"] * 8, url=url("paced"))
+        for name in slow:
+            await arrivals(receiver, name, 4)
+        assert {n: receiver.most[n] for n in slow} == {n: 1 for n in slow}, "one request at a time per in-order endpoint"
+        await arrivals(receiver, "paced", 8)
+        times = receiver.times["paced"]
+        assert times[-1] - times[0] >= 7 / 4 * 0.9, f"one rate of 4/s for the endpoint, not one per instance: {times}"
+    finally:
+        for proc in procs:
+            assert proc.stop() in (0, -signal.SIGTERM), proc.tail()
