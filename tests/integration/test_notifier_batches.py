@@ -21,8 +21,11 @@ from alembic import command
 from sqlalchemy import select, text
 
 from services.notifier.models import attempts, deliveries, retries
+from services.notifier.recorder import Recorder
 from shared import db, topics
 from shared.ids import new_id
+from shared.kafka import make_producer
+from shared.service import Runtime
 from tests.conftest import port
 from tests.integration.conftest import in_session, start_service, wait_ready
 from tests.integration.test_notifier import register, request_deliveries, wait_for_state
@@ -280,3 +283,35 @@ async def test_with_two_instances_each_endpoint_has_one_breaker_one_rate_and_one
     finally:
         for proc in procs:
             assert proc.stop() in (0, -signal.SIGTERM), proc.tail()
+
+
+async def test_a_result_the_database_refuses_is_left_alone_and_the_others_are_written(own):
+    """The group commit isolates a result PostgreSQL refuses while the database and Kafka answer:
+    the others of its batch are written, and that one is left unwritten (its record's offset stays)."""
+    s = own
+    await db.migrate(s, "notifier")
+    rt = Runtime("notifier", port(424), s)
+    rt.producer = make_producer(s)
+    await rt.producer.start()
+    recorder = Recorder(rt)
+    task = asyncio.create_task(recorder.run())
+    now = datetime.now(timezone.utc)
+
+    def result(reason: str) -> dict:
+        i = new_id()
+        row = {"delivery_id": i, "request_event_id": i, "alert_id": i, "thread_id": i, "endpoint": "ep-x", "agency": "a",
+               "url": "https://x.example/", "body": {}, "traceparent": None, "state": "failed", "attempts": 0, "due_at": now,
+               "created_at": now, "finished_at": now, "reason": reason, "schedule_start": 0, "format": "json", "language": None}
+        return {"row": row, "retry": None, "queued": False, "attempt": None, "watch": None, "events": []}
+
+    try:
+        results = [result("first"), result("a NUL \x00 here"), result("third")]
+        done = [recorder.submit(r) for r in results]  # one batch: submitted together
+        await asyncio.wait_for(asyncio.gather(done[0], done[2]), 30)
+        assert not done[1].done(), "the refused one is not reported durable"
+        stored = await in_session(s, "notifier", lambda x: x.execute(select(deliveries.c.delivery_id)))
+        assert set(stored.scalars()) == {results[0]["row"]["delivery_id"], results[2]["row"]["delivery_id"]}
+    finally:
+        task.cancel()
+        await rt.producer.stop()
+        await rt.engine.dispose()
