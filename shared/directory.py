@@ -90,6 +90,14 @@ class Endpoint(_Strict):
     email: str | None = Field(None, description="address of an e-mail endpoint")
     format: str = Field("json", pattern="^(json|cap)$")
     language: str = "ru"
+    in_order: bool = Field(True, description="one request in flight, in order; false: up to BLONET_ENDPOINT_WINDOW at once")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        doc = handler(self)  # left out when default, so a directory written before it keeps its version hash
+        if self.in_order:
+            doc.pop("in_order", None)
+        return doc
 
     @model_validator(mode="after")
     def _address_for_channel(self) -> Endpoint:

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -34,6 +35,9 @@ DEADLETTER_HEADER = "blonet-deadletter-"  # prefix of the headers a dead letter 
 # back, a client still asking the old leader was seen stuck for minutes. One small request every 15 s
 # bounds that.
 METADATA_MAX_AGE_MS = 15_000
+# With an offset gate, what the gate has finished is committed at most this often: the poll loop
+# does not wait for a commit round trip after every poll (a crash replays at most this much more).
+GATE_COMMIT_SECONDS = 0.2
 
 
 SASL_MECHANISM = "SCRAM-SHA-512"
@@ -135,16 +139,38 @@ def event_type_of(value: bytes | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
+class OffsetGate(Protocol):
+    """A handler that finishes records after it has returned (the notifier delivers them later):
+    the consumer then commits only the offsets the gate says are finished."""
+
+    def polled(self, nexts: dict[TopicPartition, int]) -> None:
+        """The poll's records up to these next offsets were handed over (or dead-lettered)."""
+
+    def ready(self) -> dict[TopicPartition, int]:
+        """Return the offsets that may be committed now (only those that moved since last asked)."""
+
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        """These partitions are now this consumer's."""
+
+    async def revoke(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Let go of these partitions; return the offsets to commit for them before they go."""
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):
     def __init__(self, runner: EventConsumer) -> None:
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.runner.gate is not None:
+            self.runner.settle()
+            self.runner._done.update(await self.runner.gate.revoke(revoked))
         await self.runner.commit_done()
         self.runner.forget_lag(revoked)  # their new owner reports them now
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"group": self.runner.group, "count": len(assigned)})
+        if self.runner.gate is not None:
+            self.runner.gate.assigned(assigned)
 
 
 def deadletter_of(record: ConsumerRecord) -> dict[str, str] | None:
@@ -169,6 +195,8 @@ class EventConsumer:
       `transaction()` (the service's: each handler session is then a savepoint of it), so the
       poll's good records still commit together, once.
     Without a dead-letter topic every failure is retried, as an outage.
+    With a `gate`, records are finished after the handler returns: each loop commits what the
+    gate says is finished, and a revocation first lets the gate settle its partitions.
     """
 
     def __init__(
@@ -176,7 +204,7 @@ class EventConsumer:
         max_records: int = 200, fetch_max_wait_ms: int | None = None,
         deadletter_topic: str | None = None, probes: Sequence[Probe] = (),
         transaction: Callable[[], AbstractAsyncContextManager] = nullcontext,
-        accepts: Mapping[str, frozenset[str]] | None = None,
+        accepts: Mapping[str, frozenset[str]] | None = None, gate: OffsetGate | None = None,
     ) -> None:
         self.settings, self.group, self.topics, self.handler = settings, group, list(topics), handler
         self.max_records = max_records
@@ -185,6 +213,8 @@ class EventConsumer:
         self.deadletter_topic, self.probes, self.transaction = deadletter_topic, list(probes), transaction
         self.accepts = dict(accepts or {})  # topic -> the event types its producer publishes (checked when dead letters exist)
         self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
+        self.gate = gate
+        self._settled_at = float("-inf")
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -215,6 +245,11 @@ class EventConsumer:
                 log.warning("commit refused after a rebalance; the records will be handled again by their new owner",
                             extra={"group": self.group, "partitions": len(done)})
 
+    def settle(self) -> None:
+        """Take the offsets the gate has finished since last asked (no gate: nothing to take)."""
+        if self.gate is not None:
+            self._done.update(self.gate.ready())
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -229,11 +264,16 @@ class EventConsumer:
                 records = [record for part in batches.values() for record in part]
                 if records:
                     await self._handle(records)
-                    self._done.update({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
-                    await self.commit_done()
+                    polled = {tp: part[-1].offset + 1 for tp, part in batches.items() if part}
+                    self.gate.polled(polled) if self.gate is not None else self._done.update(polled)
+                if self.gate is None or time.monotonic() - self._settled_at >= GATE_COMMIT_SECONDS:
+                    self._settled_at = time.monotonic()
+                    self.settle()
+                await self.commit_done()
                 await self._report_lag()
         finally:
             try:
+                self.settle()
                 await self.commit_done()
             finally:
                 self.forget_lag(set(self._lag_reported))

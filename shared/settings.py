@@ -117,6 +117,15 @@ class Settings(BaseSettings):
     circuit_cooldown_seconds: float = 30.0  # open circuit: one probe after this long
     endpoint_rate_per_second: float = 50.0  # per endpoint and notifier instance
     endpoint_burst: int = 50
+    # Requests in flight at once to an endpoint that opts out of in-order delivery (directory:
+    # `in_order: false`); in-order endpoints (the default) have one.
+    endpoint_window: int = 4
+    # A delivery in flight this long (and the queue behind it) is parked in the retry table, so the
+    # partition's offset can move on; so is a queue that sends nothing for this long (docs/delivery.md).
+    park_after_seconds: float = 2.0
+    # Test only: SIGKILL the notifier after its POSTs and before its group commit, once (the hook
+    # writes this file first, and does not fire while it exists). Refused in production.
+    notifier_crash_marker: Path | None = None
     secret_overlap_seconds: float = 86_400.0  # after a rotation, both secrets sign for this long
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -135,6 +144,8 @@ class Settings(BaseSettings):
                     raise ValueError(f"BLONET_DB_{role.upper()}_PASSWORD must be a real secret in production, not a dev default")
             if self.kafka_security_protocol == "PLAINTEXT":
                 raise ValueError("BLONET_KAFKA_SECURITY_PROTOCOL must be SASL_PLAINTEXT or SASL_SSL in production")
+            if self.notifier_crash_marker is not None:
+                raise ValueError("BLONET_NOTIFIER_CRASH_MARKER is a test hook; unset it in production")
             if self.allow_insecure_webhooks:
                 raise ValueError("BLONET_ALLOW_INSECURE_WEBHOOKS must be false in production")
             if self.token_private_key_file.is_relative_to(REPO / "var"):

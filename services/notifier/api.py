@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.notifier import repository, service
-from services.notifier.delivery import Deliverer
 from shared.auth import Principal, Role, require_token_role
 from shared.service import Runtime
 
@@ -27,7 +26,7 @@ class Switch(BaseModel):
     reason: str | None = Field(None, max_length=2_000)
 
 
-def router(rt: Runtime, deliverer: Deliverer) -> APIRouter:
+def router(rt: Runtime) -> APIRouter:
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_token_role(Role.OPERATOR))])
 
     @api.get("/deliveries")
@@ -87,13 +86,14 @@ def router(rt: Runtime, deliverer: Deliverer) -> APIRouter:
     async def list_endpoints() -> list[dict]:
         """Return every endpoint's state and health — never secrets.
 
-        Health: the circuit of the instance that answers (circuits are per instance), how many of
-        its deliveries are pending, delivered and failed, and its last success and last failure.
+        Health: the circuit as the instance owning the endpoint last recorded it (the same answer
+        from every instance), how many of its deliveries are pending, delivered and failed, and its
+        last success and last failure.
         """
         async with rt.sessions() as session:
             rows = await repository.list_endpoints(session)
             counts = await repository.counts_by_endpoint(session)
-        return [service.endpoint_health(r, counts.get(r["endpoint"]), deliverer.circuit(r["endpoint"])) for r in rows]
+        return [service.endpoint_health(r, counts.get(r["endpoint"])) for r in rows]
 
     async def switch(endpoint: str, enabled: bool, body: Switch, who: Principal) -> dict:
         async with rt.sessions() as session:

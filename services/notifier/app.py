@@ -7,7 +7,8 @@ from fastapi import FastAPI
 
 from services.notifier.api import router
 from services.notifier.consumer import AckIntake, DeliveryIntake
-from services.notifier.delivery import Deliverer, outbox_sweeper
+from services.notifier.delivery import outbox_sweeper
+from services.notifier.dispatch import Dispatcher
 from services.notifier.escalation import escalation_worker
 from shared import topics
 from shared.service import Runtime
@@ -17,11 +18,11 @@ from shared.settings import Settings, get_settings
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     settings = settings or get_settings()
     rt = Runtime("notifier", settings.notifier_port, settings)
-    deliverer = Deliverer(rt)
-    rt.consume("notifier", [topics.DELIVERIES_REQUESTED.name], DeliveryIntake(rt, deliverer))
+    dispatcher = Dispatcher(rt)
+    rt.consume("notifier", [topics.DELIVERIES_REQUESTED.name], DeliveryIntake(rt, dispatcher), gate=dispatcher)
     rt.consume("notifier-acks", [topics.ALERTS_ACKNOWLEDGED.name], AckIntake(rt),
                fetch_max_wait_ms=settings.background_fetch_max_wait_ms)
-    rt.workers += [deliverer.run, partial(outbox_sweeper, rt), partial(escalation_worker, rt)]
+    rt.workers += [dispatcher.run, partial(outbox_sweeper, rt), partial(escalation_worker, rt)]
     app = rt.app()
-    app.include_router(router(rt, deliverer))
+    app.include_router(router(rt))
     return rt, app

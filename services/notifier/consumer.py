@@ -1,5 +1,8 @@
-"""The notifier's Kafka handler: store each delivery request durably, then wake the workers.
+"""The notifier's Kafka handler: hand each delivery request of a poll to its endpoint's lane.
 
+One read per poll: which of the poll's deliveries already have a row (done or parked before a
+crash or a rebalance: not sent again from here) and the endpoints' epoch (reload secrets when it
+moved). The handler returns at once; offsets move as deliveries finish (dispatch.py).
 A request the notifier cannot honour (an endpoint it holds no secret for, a URL it may not
 post to) is stored as a dead letter with the reason, and announced, never dropped silently.
 A record that is no delivery request at all goes to notifier.deadletter (shared/kafka.py).
@@ -11,12 +14,12 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from services.notifier import escalation, repository
-from services.notifier.delivery import Deliverer, count_outcome
-from services.notifier.service import emit_status
-from shared.events import AlertAcknowledged, DeliveryRequested, DeliveryState, Envelope, P, ViewProfile
+from services.notifier.dispatch import Dispatcher, Item
+from services.notifier.models import deliveries
+from shared.events import AlertAcknowledged, DeliveryRequested, Envelope, P, ViewProfile
 from shared import tracing
 from shared.observability import EVENTS_HANDLED
 from shared.service import Runtime
@@ -66,57 +69,81 @@ def decoded(records: Sequence[ConsumerRecord], model: type[P]) -> list[tuple[Env
     return found
 
 
-class DeliveryIntake:
-    def __init__(self, runtime: Runtime, deliverer: Deliverer) -> None:
-        self.rt, self.deliverer = runtime, deliverer
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
-    def _watches(self, reqs: list[DeliveryRequested], rows: list[dict]) -> list[dict]:
-        """Return the acknowledgements to wait for: full views of alerts whose urgency has a deadline."""
-        agencies = {a.id: a for a in escalation.directory(self.rt.settings.network_dir).agencies}
-        now = datetime.now(timezone.utc)
-        watches = []
-        for req, row in zip(reqs, rows):
-            agency = agencies.get(req.agency)
-            if row["state"] != "pending" or req.profile is not ViewProfile.FULL or (agency and agency.observer):
-                continue
-            deadline = escalation.ack_deadline(
-                urgency=escalation.urgency_of(req.body), requested_at=now,
-                agency_minutes=agency.ack_deadline_minutes if agency else {},
-                override_seconds=self.rt.settings.ack_deadlines_seconds,
-            )
-            if deadline:
-                watches.append({"alert_id": row["alert_id"], "agency": req.agency, "delivery_id": req.delivery_id,
-                                "deadline": deadline})
-        return watches
+
+def unstorable(row: dict) -> str | None:
+    """Return why PostgreSQL would refuse a delivery row (a NUL, a string past its column), or None.
+
+    Checked before a poll's requests are taken: the group commit runs after the handler, where a
+    refused row could no longer be split out to the dead-letter topic.
+    """
+    for column in deliveries.columns:
+        value, limit = row.get(column.name), getattr(column.type, "length", None)
+        if _has_nul(value):
+            return f"{column.name} holds a NUL character"
+        if limit and isinstance(value, str) and len(value) > limit:
+            return f"{column.name} is longer than {limit} characters"
+    return None
+
+
+class DeliveryIntake:
+    def __init__(self, runtime: Runtime, dispatcher: Dispatcher) -> None:
+        self.rt, self.dispatcher = runtime, dispatcher
+
+    def _watch(self, req: DeliveryRequested, alert_id, agencies: dict, now: datetime) -> dict | None:
+        """Return the acknowledgement to wait for: a full view of an alert whose urgency has a deadline."""
+        agency = agencies.get(req.agency)
+        if req.profile is not ViewProfile.FULL or (agency and agency.observer):
+            return None
+        deadline = escalation.ack_deadline(
+            urgency=escalation.urgency_of(req.body), requested_at=now,
+            agency_minutes=agency.ack_deadline_minutes if agency else {},
+            override_seconds=self.rt.settings.ack_deadlines_seconds,
+        )
+        return deadline and {"alert_id": alert_id, "agency": req.agency, "delivery_id": req.delivery_id, "deadline": deadline}
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        parsed = decoded(records, DeliveryRequested)
-        envs, reqs = [env for env, _ in parsed], [req for _, req in parsed]
-        if not reqs:
+        parsed = decoded(records, DeliveryRequested)  # a bad record fails here, before anything is taken
+        if not parsed:
             return
-        async with self.rt.sessions() as session:
-            known = await repository.known_endpoints(session, {r.endpoint for r in reqs})
-            rows = []
-            for env, req in zip(envs, reqs):
-                reason = refusal(self.rt.settings, req, known)
-                if reason:
-                    log.error("dead-lettering delivery request", extra={"endpoint": req.endpoint, "reason": reason})
-                rows.append({
-                    "state": "failed" if reason else "pending", "reason": reason,
-                    "delivery_id": req.delivery_id, "request_event_id": env.event_id, "alert_id": env.alert_id,
-                    "thread_id": env.thread_id, "endpoint": req.endpoint, "agency": req.agency, "url": target(req),
-                    "body": req.body, "traceparent": tracing.traceparent_for(env), "format": req.format[:8], "language": req.language,
-                })
-                EVENTS_HANDLED.labels("notifier", env.type).inc()
-            new = await repository.add_deliveries(session, rows)
-            await repository.watch_acks(session, self._watches(reqs, rows))
-            refused = [row for row in rows if row["reason"] and row["delivery_id"] in new]
-            for row in refused:
-                await emit_status(session, self.rt.settings, row=row, state=DeliveryState.FAILED, attempt=0, error=row["reason"])
-            await session.commit()
-        for row in refused:
-            count_outcome(row["endpoint"], DeliveryState.FAILED, "refused")
-        self.deliverer.wake.set()
+        async with self.rt.engine.connect() as conn:
+            epoch, known = await repository.seen(conn, [req.delivery_id for _, req in parsed])
+        d = self.dispatcher
+        await d.refresh(epoch)
+        agencies = {a.id: a for a in escalation.directory(self.rt.settings.network_dir).agencies}
+        now = datetime.now(timezone.utc)
+        taken, registered = [], set(d.endpoints)
+        for record, (env, req) in zip(records, parsed):
+            if req.delivery_id in known or d.holds(req.delivery_id):
+                continue  # already done, parked or in hand: its offset moves with the poll's
+            reason = refusal(self.rt.settings, req, registered)
+            if reason:
+                log.error("dead-lettering delivery request", extra={"endpoint": req.endpoint, "reason": reason})
+            row = {
+                "state": "failed" if reason else "pending", "reason": reason, "attempts": 0, "schedule_start": 0,
+                "delivery_id": req.delivery_id, "request_event_id": env.event_id, "alert_id": env.alert_id,
+                "thread_id": env.thread_id, "endpoint": req.endpoint, "agency": req.agency, "url": target(req),
+                "body": req.body, "traceparent": tracing.traceparent_for(env), "format": req.format[:8],
+                "language": req.language, "due_at": now, "created_at": now, "finished_at": now if reason else None,
+            }
+            problem = unstorable(row)
+            if problem:  # fails the poll before anything is taken: the consumer dead-letters this record alone
+                raise ValueError(f"delivery request cannot be stored: {problem}")
+            watch = None if reason else self._watch(req, env.alert_id, agencies, now)
+            taken.append((Item(row=row, tp=TopicPartition(record.topic, record.partition), offset=record.offset, watch=watch),
+                          bool(reason)))
+        for item, refused in taken:
+            d.accept(item, refused=refused)
+        EVENTS_HANDLED.labels("notifier", parsed[0][0].type).inc(len(parsed))  # all of one type (decoded)
+        await d.room()
 
 
 class AckIntake:

@@ -1,4 +1,4 @@
-"""The notifier's tables (schema `notifier`): endpoint secrets, deliveries, attempts, outbox."""
+"""The notifier's tables (schema `notifier`): endpoint secrets, deliveries, attempts, the retry queue, outbox."""
 from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary, MetaData, String,
                         Table, Text, Uuid)
 from sqlalchemy.dialects.postgresql import JSONB
@@ -18,6 +18,16 @@ endpoints = Table(
     Column("last_success_at", DateTime(timezone=True), comment="the latest attempt answered 2xx"),
     Column("last_failure_at", DateTime(timezone=True), comment="the latest attempt that failed"),
     Column("last_error", Text, comment="why that attempt failed"),
+    Column("circuit_state", String(16), nullable=False, server_default="closed",
+           comment="as the owning instance last recorded it: closed, open, half_open"),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("circuit_open_until", DateTime(timezone=True), comment="open: when a probe may go"),
+)
+
+endpoint_epoch = Table(
+    "endpoint_epoch", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False, comment="bumped by a trigger whenever a secret, switch or rate changes"),
 )
 
 deliveries = Table(
@@ -34,7 +44,6 @@ deliveries = Table(
     Column("state", String(16), nullable=False, comment="pending, delivered, failed"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("due_at", DateTime(timezone=True), nullable=False),
-    Column("leased_until", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("reason", Text, comment="why the last attempt failed, or why the delivery was dead-lettered"),
@@ -42,8 +51,16 @@ deliveries = Table(
            comment="attempts made before the last replay: the retry schedule restarts there"),
     Column("format", String(8), nullable=False, server_default="json", comment="json or cap"),
     Column("language", String(16), comment="the endpoint's preferred language"),
-    Index("deliveries_due", "due_at", postgresql_where="state = 'pending'"),
     Index("deliveries_failed", "endpoint", "finished_at", postgresql_where="state = 'failed'"),
+)
+
+retries = Table(
+    "retries", metadata,
+    Column("delivery_id", Uuid, primary_key=True, comment="a pending delivery (its row in deliveries) to send later"),
+    Column("endpoint", String(64), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("leased_until", DateTime(timezone=True), comment="claimed by an instance until then"),
+    Index("retries_due", "due_at"),
 )
 
 attempts = Table(

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
-from sqlalchemy import DateTime, and_, bindparam, case, func, or_, select, text, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.notifier.models import ack_watch, attempts, deliveries, endpoints, outbox
 
@@ -47,20 +47,6 @@ async def secrets_by_endpoint(session: AsyncSession, ids: Sequence[str] | None =
     return {row.endpoint: row.secret for row in await session.execute(query)}
 
 
-async def signing_state(session: AsyncSession, ids: Sequence[str]) -> dict[str, dict]:
-    """Return, per endpoint, the secrets that sign now (newest first) and its rate limit."""
-    now = _now()
-    rows = await session.execute(
-        select(endpoints.c.endpoint, endpoints.c.secret, endpoints.c.previous_secret, endpoints.c.previous_until,
-               endpoints.c.rate_per_second).where(endpoints.c.endpoint.in_(ids))
-    )
-    found = {}
-    for r in rows:
-        keys = [r.secret] + ([r.previous_secret] if r.previous_secret and r.previous_until and r.previous_until > now else [])
-        found[r.endpoint] = {"secrets": keys, "rate": r.rate_per_second}
-    return found
-
-
 async def known_endpoints(session: AsyncSession, ids: set[str]) -> set[str]:
     """Return which of `ids` the notifier has a secret for (the others are unknown)."""
     if not ids:
@@ -86,7 +72,7 @@ async def list_endpoints(session: AsyncSession) -> list[dict]:
     rows = await session.execute(select(
         endpoints.c.endpoint, endpoints.c.enabled, endpoints.c.disabled_reason, endpoints.c.rate_per_second,
         endpoints.c.created_at, endpoints.c.previous_until, endpoints.c.last_success_at, endpoints.c.last_failure_at,
-        endpoints.c.last_error,
+        endpoints.c.last_error, endpoints.c.circuit_state, endpoints.c.consecutive_failures, endpoints.c.circuit_open_until,
     ).order_by(endpoints.c.endpoint))
     return [dict(r) for r in rows.mappings()]
 
@@ -110,109 +96,167 @@ async def last_failed(session: AsyncSession, endpoint: str) -> datetime | None:
                                 .where(deliveries.c.endpoint == endpoint, deliveries.c.state == "failed"))
 
 
+def _arrays(rows: list[dict], columns: dict[str, str]) -> dict[str, list]:
+    """Return one list per column, for statements that take arrays (`unnest`): their text never changes."""
+    return {name: [r[name] for r in rows] for name in columns}
+
+
+def _unnest(columns: dict[str, str]) -> str:
+    return ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
+
+
+DELIVERY_COLUMNS = {
+    "delivery_id": "uuid", "request_event_id": "uuid", "alert_id": "uuid", "thread_id": "uuid", "endpoint": "text",
+    "agency": "text", "url": "text", "body": "text", "traceparent": "text", "state": "text", "attempts": "int",
+    "due_at": "timestamptz", "created_at": "timestamptz", "finished_at": "timestamptz", "reason": "text",
+    "schedule_start": "int", "format": "text", "language": "text",
+}
+# A delivered row is final: a late result of a duplicate send never turns it back.
+_UPSERT_DELIVERIES = text(f"""
+    INSERT INTO deliveries ({", ".join(DELIVERY_COLUMNS)})
+    SELECT {", ".join("CAST(body AS jsonb)" if c == "body" else c for c in DELIVERY_COLUMNS)}
+    FROM unnest({_unnest(DELIVERY_COLUMNS)}) AS x({", ".join(DELIVERY_COLUMNS)})
+    ON CONFLICT (delivery_id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,
+        due_at = excluded.due_at, finished_at = excluded.finished_at, reason = excluded.reason
+    WHERE deliveries.state <> 'delivered'""")
+ATTEMPT_COLUMNS = {
+    "delivery_id": "uuid", "attempt": "int", "started_at": "timestamptz", "latency_ms": "float8", "http_status": "int",
+    "error": "text", "response_excerpt": "text", "outcome": "text", "reason": "text", "next_attempt_at": "timestamptz",
+}
+_INSERT_ATTEMPTS = text(f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) SELECT * FROM unnest({_unnest(ATTEMPT_COLUMNS)})")
+RETRY_COLUMNS = {"delivery_id": "uuid", "endpoint": "text", "due_at": "timestamptz", "leased_until": "timestamptz"}
+_UPSERT_RETRIES = text(f"""
+    INSERT INTO retries ({", ".join(RETRY_COLUMNS)}) SELECT * FROM unnest({_unnest(RETRY_COLUMNS)})
+    ON CONFLICT (delivery_id) DO UPDATE SET due_at = excluded.due_at, leased_until = excluded.leased_until""")
+_DELETE_RETRIES = text("DELETE FROM retries WHERE delivery_id = ANY(CAST(:ids AS uuid[]))")
+WATCH_COLUMNS = {"alert_id": "uuid", "agency": "text", "delivery_id": "uuid", "deadline": "timestamptz"}
+_INSERT_WATCHES = text(f"""
+    INSERT INTO ack_watch (alert_id, agency, delivery_id, deadline, state, updated_at)
+    SELECT *, 'waiting', now() FROM unnest({_unnest(WATCH_COLUMNS)}) ON CONFLICT DO NOTHING""")
+OUTCOME_COLUMNS = {"endpoint": "text", "last_success_at": "timestamptz", "last_failure_at": "timestamptz",
+                   "last_error": "text", "circuit_state": "text", "consecutive_failures": "int",
+                   "circuit_open_until": "timestamptz"}
+_RECORD_OUTCOMES = text(f"""
+    UPDATE endpoints SET
+        last_success_at = greatest(endpoints.last_success_at, x.last_success_at),
+        last_failure_at = greatest(endpoints.last_failure_at, x.last_failure_at),
+        last_error = CASE WHEN x.last_failure_at IS NOT NULL AND (endpoints.last_failure_at IS NULL
+                          OR endpoints.last_failure_at <= x.last_failure_at) THEN x.last_error ELSE endpoints.last_error END,
+        circuit_state = x.circuit_state, consecutive_failures = x.consecutive_failures,
+        circuit_open_until = x.circuit_open_until
+    FROM unnest({_unnest(OUTCOME_COLUMNS)}) AS x({", ".join(OUTCOME_COLUMNS)})
+    WHERE endpoints.endpoint = x.endpoint""")
+_SEEN = text("""
+    SELECT (SELECT n FROM endpoint_epoch) AS epoch,
+           ARRAY(SELECT delivery_id FROM deliveries WHERE delivery_id = ANY(CAST(:ids AS uuid[]))) AS known""")
+_CLAIM = text("""
+    WITH due AS (
+        SELECT r.delivery_id FROM retries r JOIN endpoints e ON e.endpoint = r.endpoint
+        WHERE e.enabled AND r.due_at <= :now AND (r.leased_until IS NULL OR r.leased_until < :now)
+          AND r.endpoint = ANY(CAST(:owned AS text[])) AND NOT r.endpoint = ANY(CAST(:held AS text[]))
+        ORDER BY r.due_at LIMIT :limit FOR UPDATE OF r SKIP LOCKED)
+    UPDATE retries SET leased_until = :until FROM due, deliveries d
+    WHERE retries.delivery_id = due.delivery_id AND d.delivery_id = retries.delivery_id
+    RETURNING d.*""")
+_ENDPOINTS = text("""
+    SELECT (SELECT n FROM endpoint_epoch) AS epoch, endpoint, secret, previous_secret, previous_until, enabled, rate_per_second
+    FROM endpoints""")
+
+
+async def seen(conn: AsyncConnection, ids: list[UUID]) -> tuple[int, set[UUID]]:
+    """Return the endpoints' epoch and which of `ids` already have a delivery row (one round trip:
+    autocommit, so no BEGIN and ROLLBACK around it)."""
+    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+    row = (await conn.execute(_SEEN, {"ids": ids})).one()
+    return row.epoch, set(row.known)
+
+
+async def endpoint_states(conn: AsyncConnection) -> tuple[int, dict[str, dict]]:
+    """Return the endpoints' epoch and, per endpoint, its secrets, switch and rate limit."""
+    rows = (await conn.execute(_ENDPOINTS)).mappings().all()
+    return (rows[0]["epoch"] if rows else -1), {r["endpoint"]: dict(r) for r in rows}
+
+
+def signing_secrets(state: dict, now: datetime) -> list[str]:
+    """Return the secrets that sign now, newest first: the previous one too during its overlap."""
+    previous = state["previous_secret"] if state["previous_until"] and state["previous_until"] > now else None
+    return [state["secret"]] + ([previous] if previous else [])
+
+
+async def record(session: AsyncSession, *, rows: list[dict], attempts: list[dict], retries: list[dict],
+                 finished: list[UUID], outcomes: list[dict], watches: list[dict]) -> None:
+    """Write one group commit's effects, a statement per table, each taking arrays (the caller commits).
+
+    `rows`: each delivery's latest state (one per id); `retries`: those to send later (upserted);
+    `finished`: ids leaving the retry queue; `outcomes`: per endpoint, last success/failure and circuit.
+    """
+    for stmt, found, columns in ((_UPSERT_DELIVERIES, rows, DELIVERY_COLUMNS), (_INSERT_ATTEMPTS, attempts, ATTEMPT_COLUMNS),
+                                 (_UPSERT_RETRIES, retries, RETRY_COLUMNS), (_RECORD_OUTCOMES, outcomes, OUTCOME_COLUMNS),
+                                 (_INSERT_WATCHES, watches, WATCH_COLUMNS)):
+        if found:
+            await session.execute(stmt, _arrays(found, columns))
+    if finished:
+        await session.execute(_DELETE_RETRIES, {"ids": finished})
+
+
+async def claim_retries(session: AsyncSession, *, owned: list[str], held: list[str], limit: int, lease: timedelta,
+                        now: datetime | None = None) -> list[dict]:
+    """Lease due retries of enabled endpoints this instance owns and may send to now; rows leased
+    elsewhere are skipped, not waited for. Oldest due first."""
+    now = now or _now()
+    rows = await session.execute(_CLAIM, {"now": now, "owned": owned, "held": held, "limit": limit, "until": now + lease})
+    return sorted((dict(r) for r in rows.mappings()), key=lambda r: (r["due_at"], r["created_at"]))
+
+
 async def add_deliveries(session: AsyncSession, rows: list[dict]) -> set[UUID]:
-    """Store delivery requests once each (the delivery id absorbs redelivered requests); return the new ids."""
+    """Store deliveries to send later (escalations) once each, queued as due now; return the new ids."""
     if not rows:
         return set()
     now = _now()
     result = await session.execute(insert(deliveries).values(
         [{**r, "due_at": now, "created_at": now, "finished_at": now if r["state"] == "failed" else None} for r in rows]
-    ).on_conflict_do_nothing().returning(deliveries.c.delivery_id))
-    return set(result.scalars())
+    ).on_conflict_do_nothing().returning(deliveries.c.delivery_id, deliveries.c.endpoint, deliveries.c.state))
+    new = result.all()
+    await queue_retries(session, [(r.delivery_id, r.endpoint) for r in new if r.state == "pending"], now)
+    return {r.delivery_id for r in new}
 
 
-async def claim_due(
-    session: AsyncSession, *, limit: int, lease: timedelta, busy_endpoints: Sequence[str], now: datetime | None = None,
-) -> list[dict]:
-    """Lease due deliveries of enabled endpoints for this worker; rows leased elsewhere are skipped, not waited for."""
-    now = now or _now()
-    enabled = select(endpoints.c.endpoint).where(endpoints.c.enabled)
-    due = (
-        select(deliveries.c.delivery_id)
-        .where(
-            deliveries.c.state == "pending", deliveries.c.due_at <= now,
-            or_(deliveries.c.leased_until.is_(None), deliveries.c.leased_until < now),
-            deliveries.c.endpoint.not_in(busy_endpoints) if busy_endpoints else text("true"),
-            deliveries.c.endpoint.in_(enabled),
-        )
-        .order_by(deliveries.c.due_at).limit(limit).with_for_update(skip_locked=True)
-    )
-    rows = await session.execute(
-        update(deliveries).where(deliveries.c.delivery_id.in_(due.scalar_subquery()))
-        .values(leased_until=now + lease).returning(deliveries)
-    )
-    return sorted((dict(r) for r in rows.mappings()), key=lambda r: (r["due_at"], r["created_at"]))
-
-
-async def release(session: AsyncSession, delivery_ids: Sequence[UUID]) -> None:
-    """Give leased deliveries back untouched (circuit open or rate limit reached)."""
-    if delivery_ids:
-        await session.execute(update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids)).values(leased_until=None))
-
-
-OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
-
-
-async def record_attempts(session: AsyncSession, results: list[dict]) -> None:
-    """Record a batch of attempts and each delivery's new state (one round trip per statement)."""
-    if not results:
-        return
-    now = _now()
-    await session.execute(attempts.insert(), [{
-        "delivery_id": r["delivery_id"], "attempt": r["attempt"], "started_at": r["started_at"],
-        "latency_ms": r["latency_ms"], "http_status": r["http_status"], "error": r["error"],
-        "response_excerpt": r["excerpt"], "outcome": OUTCOMES[r["state"]], "reason": r["reason"],
-        "next_attempt_at": r["due_at"],
-    } for r in results])
-    await session.execute(
-        update(deliveries).where(deliveries.c.delivery_id == bindparam("b_id")).values(
-            attempts=bindparam("b_attempt"), state=bindparam("b_state"), leased_until=None, reason=bindparam("b_reason"),
-            due_at=func.coalesce(bindparam("b_due_at", type_=DateTime(timezone=True)), deliveries.c.due_at),
-            finished_at=bindparam("b_finished_at", type_=DateTime(timezone=True)),
-        ),
-        [{"b_id": r["delivery_id"], "b_attempt": r["attempt"], "b_state": r["state"], "b_reason": r["reason"],
-          "b_due_at": r["due_at"], "b_finished_at": None if r["state"] == "pending" else now} for r in results],
-    )
-
-
-async def record_endpoint_outcomes(session: AsyncSession, outcomes: list[dict]) -> None:
-    """Keep endpoints' latest success, and latest failure with its reason (`outcomes`: one row per
-    endpoint with `endpoint`, `last_success_at`, `last_failure_at`, `last_error`, each may be None)."""
-    if not outcomes:
-        return
-    ok, failed = (bindparam(n, type_=DateTime(timezone=True)) for n in ("b_ok", "b_failed"))
-    newer = and_(failed.is_not(None), or_(endpoints.c.last_failure_at.is_(None), endpoints.c.last_failure_at <= failed))
-    # In endpoint order: two instances' batches never lock endpoints in opposite orders.
-    await session.execute(update(endpoints).where(endpoints.c.endpoint == bindparam("b_endpoint")).values(
-        last_success_at=func.greatest(endpoints.c.last_success_at, ok),  # greatest() skips NULLs
-        last_failure_at=func.greatest(endpoints.c.last_failure_at, failed),
-        last_error=case((newer, bindparam("b_error")), else_=endpoints.c.last_error),
-    ), [{"b_endpoint": o["endpoint"], "b_ok": o["last_success_at"], "b_failed": o["last_failure_at"],
-         "b_error": o["last_error"]} for o in sorted(outcomes, key=lambda o: o["endpoint"])])
+async def queue_retries(session: AsyncSession, found: list[tuple[UUID, str]], due: datetime) -> None:
+    """Put pending deliveries (id, endpoint) in the retry queue, due at `due`."""
+    if found:
+        await session.execute(_UPSERT_RETRIES, _arrays(
+            [{"delivery_id": i, "endpoint": e, "due_at": due, "leased_until": None} for i, e in found], RETRY_COLUMNS))
 
 
 def _restart(now: datetime) -> dict:
-    return {"state": "pending", "due_at": now, "leased_until": None, "finished_at": None,
+    return {"state": "pending", "due_at": now, "finished_at": None,
             "schedule_start": deliveries.c.attempts, "reason": None}
 
 
 async def replay(session: AsyncSession, delivery_id: UUID) -> dict | None:
     """Put a failed delivery back in line (same webhook-id, a fresh retry schedule); return it, or None."""
+    now = _now()
     rows = await session.execute(
         update(deliveries).where(deliveries.c.delivery_id == delivery_id, deliveries.c.state == "failed")
-        .values(**_restart(_now())).returning(deliveries.c.delivery_id, deliveries.c.endpoint, deliveries.c.alert_id)
+        .values(**_restart(now)).returning(deliveries.c.delivery_id, deliveries.c.endpoint, deliveries.c.alert_id)
     )
     row = rows.mappings().first()
-    return dict(row) if row else None
+    if row is None:
+        return None
+    await queue_retries(session, [(row["delivery_id"], row["endpoint"])], now)
+    return dict(row)
 
 
 async def recover(session: AsyncSession, endpoint: str, since: datetime) -> int:
     """Put every delivery to `endpoint` that failed since `since` back in line; return how many."""
+    now = _now()
     result = await session.execute(
         update(deliveries).where(deliveries.c.endpoint == endpoint, deliveries.c.state == "failed",
-                                 deliveries.c.finished_at >= since).values(**_restart(_now()))
+                                 deliveries.c.finished_at >= since).values(**_restart(now)).returning(deliveries.c.delivery_id)
     )
-    return result.rowcount
+    ids = list(result.scalars())
+    await queue_retries(session, [(i, endpoint) for i in ids], now)
+    return len(ids)
 
 
 async def add_outbox(session: AsyncSession, *, topic: str, key: str, value: bytes) -> None:
@@ -292,15 +336,6 @@ async def deliveries_of_alert(session: AsyncSession, alert_id: UUID) -> list[dic
 
 async def count_pending(session: AsyncSession, endpoint: str) -> int:
     return await session.scalar(select(func.count()).where(deliveries.c.endpoint == endpoint, deliveries.c.state == "pending"))
-
-
-async def watch_acks(session: AsyncSession, watches: list[dict]) -> None:
-    """Start waiting for acknowledgements (an acknowledgement already stored wins)."""
-    if watches:
-        now = _now()
-        await session.execute(insert(ack_watch).values(
-            [{**w, "state": "waiting", "updated_at": now} for w in watches]
-        ).on_conflict_do_nothing())
 
 
 async def record_acks(session: AsyncSession, acks: list[dict]) -> None:

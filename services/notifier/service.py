@@ -1,7 +1,8 @@
 """The notifier's business acts: status and dead-letter events, and operators' audited actions.
 
-Every act writes its state change and its events (to the outbox) in one transaction, so an
-action is never done without its audit record, nor recorded without being done. The caller commits.
+Every operator act writes its state change and its audit event (to the outbox) in one transaction,
+so an action is never done without its audit record, nor recorded without being done. The caller
+commits. Delivery status events are produced directly by the group commit (recorder.py).
 """
 from __future__ import annotations
 
@@ -19,11 +20,15 @@ from shared.settings import Settings
 SYSTEM_ACTOR = "notifier"
 
 
-def status_events(
+def status_envelopes(
     settings: Settings, *, row: dict, state: DeliveryState, attempt: int, http_status: int | None = None,
     error: str | None = None, latency_ms: float | None = None, next_attempt_at: datetime | None = None,
-) -> list[dict]:
-    """Return the outbox rows of a delivery's status event, and for a failure its dead letter too."""
+) -> list[tuple[str, str, Envelope]]:
+    """Return (topic, key, event) of a delivery's status event, and for a failure its dead letter too.
+
+    Event ids are derived from the delivery id and the attempt, so a repeated attempt (after a
+    crash) produces the same ids, and consumers keep one.
+    """
     event = DeliveryStatus(
         delivery_id=row["delivery_id"], endpoint=row["endpoint"], agency=row["agency"], state=state, attempt=attempt,
         http_status=http_status, error=error, latency_ms=latency_ms, next_attempt_at=next_attempt_at,
@@ -38,13 +43,8 @@ def status_events(
             event_id=derived_id(row["delivery_id"], tag, attempt), traceparent=row.get("traceparent"),
         )
         env.causation_id = row["request_event_id"]
-        out.append({"topic": settings.topic(topic.name), "key": key, "value": env.to_bytes()})
+        out.append((settings.topic(topic.name), key, env))
     return out
-
-
-async def emit_status(session: AsyncSession, settings: Settings, **status) -> None:
-    """Queue a delivery's status event, and for a failure its dead letter too."""
-    await repository.add_outbox_rows(session, status_events(settings, **status))
 
 
 async def record_action(
@@ -139,9 +139,15 @@ def present_delivery(row: dict) -> dict:
             **({"ack_state": row.get("ack_state"), "escalation": escalation} if "watched" in row else {})}
 
 
-def endpoint_health(endpoint: dict, counts: dict[str, int] | None, circuit: dict) -> dict:
-    """Return an endpoint's state with its health: this instance's circuit, its delivery counts, its last outcomes."""
-    return {**endpoint, "circuit": circuit, "deliveries": counts or {"pending": 0, "delivered": 0, "failed": 0}}
+CIRCUIT_COLUMNS = ("circuit_state", "consecutive_failures", "circuit_open_until")
+
+
+def endpoint_health(endpoint: dict, counts: dict[str, int] | None) -> dict:
+    """Return an endpoint's state with its health: its recorded circuit, its delivery counts, its last outcomes."""
+    circuit = {"state": endpoint.get("circuit_state") or "closed", "consecutive_failures": endpoint.get("consecutive_failures") or 0,
+               "open_until": endpoint.get("circuit_open_until")}
+    out = {k: v for k, v in endpoint.items() if k not in CIRCUIT_COLUMNS}
+    return {**out, "circuit": circuit, "deliveries": counts or {"pending": 0, "delivered": 0, "failed": 0}}
 
 
 async def set_enabled(
