@@ -1,5 +1,5 @@
 """The gateway's tables (schema `gateway`): credentials, idempotency keys and the per-alert status view."""
-from sqlalchemy import ARRAY, Column, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, Uuid
+from sqlalchemy import ARRAY, Column, Index, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -64,6 +64,7 @@ idempotency_keys = Table(
     Column("response", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, index=True),
+    Index("idempotency_keys_alert_id", "alert_id"),
 )
 
 forwards = Table(
