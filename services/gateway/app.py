@@ -10,6 +10,7 @@ from services.gateway.consumer import TOPICS, StatusView
 from services.gateway.directory import ActiveDirectory
 from services.gateway.keycache import KeyCache
 from services.gateway.lookup import AlertRows
+from services.gateway.members import Members
 from services.gateway.limits import RateLimiter, StreamSlots
 from shared import db
 from shared.alerts import Alert
@@ -46,7 +47,9 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt.workers += [purge_idempotency_keys, hub.run, keys.listener.run, follow_directory]
     rt.on_body_refused = count_refused_submission
     app = rt.app(description=DESCRIPTION, version="1.0.0")
-    authenticate = authenticator(keys, RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst))
+    limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    rt.workers.append(Members(rt, on_change=limiter.share).run)  # each instance enforces limit / live instances
+    authenticate = authenticator(keys, limiter)
     slots = StreamSlots(settings.max_streams_per_key)
     app.include_router(router(rt, authenticate, hub, slots, directory, AlertRows(rt, hub)))
     app.include_router(ops_api.router(rt, hub, authenticate, streamer(slots)))

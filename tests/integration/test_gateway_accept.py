@@ -212,3 +212,24 @@ async def test_the_accept_path_commits_nothing_without_an_idempotency_key(settin
     # pg_stat_database counts every backend (autovacuum too): the 40 plain accepts add far fewer
     # commits than themselves, the 20 keyed ones at least their 40.
     assert plain < 20 and keyed >= 40, (plain, keyed)
+
+
+async def test_two_instances_each_enforce_half_of_a_keys_rate_limit(settings, second):
+    """Burst 100 across the deployment: with two live instances one of them lets about 50 through."""
+    first = f"http://127.0.0.1:{settings.gateway_port}"
+
+    async def allowed_of_a_burst() -> int:
+        key = await make_key(settings, "kg-sbs", Role.SUBMIT)  # a fresh key: a full bucket
+        async with aiohttp.ClientSession(headers=auth(key)) as http:
+            async def one() -> int:
+                async with http.get(f"{first}/v1/alerts/{uuid.uuid4()}") as r:
+                    return r.status
+            codes = await asyncio.gather(*(one() for _ in range(120)))
+        assert set(codes) <= {404, 429}
+        return codes.count(404)
+
+    for _ in range(20):  # the second instance's join rebalances the members' group within seconds
+        if (allowed := await allowed_of_a_burst()) < 80:
+            break
+        await asyncio.sleep(1)
+    assert allowed < 80, f"{allowed} of 120 passed: the first instance still enforces the whole limit"
