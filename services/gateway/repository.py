@@ -95,6 +95,14 @@ async def key_reserved(session: AsyncSession, alert_id: UUID) -> bool:
     return bool(await session.scalar(KEY_RESERVED, {"alert_id": alert_id}))
 
 
+ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
+
+
+async def commit_without_waiting(session: AsyncSession) -> None:
+    """Let this transaction's commit return before its WAL is on disk (docs/architecture.md says where and why)."""
+    await session.execute(ASYNC_COMMIT)
+
+
 async def purge_keys(session: AsyncSession, older_than: datetime) -> int:
     result = await session.execute(delete(idempotency_keys).where(
         idempotency_keys.c.updated_at < older_than, idempotency_keys.c.state != "in_flight"))

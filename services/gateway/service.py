@@ -315,10 +315,13 @@ async def _settle(rt: Runtime, *writes: Record) -> None:
     """Write what an accepted request leaves in the status view, after Kafka has it.
 
     The status consumer writes the same rows from the event, so a failure here only delays them;
-    an unfinished key is taken over by the client's retry with the same id.
+    an unfinished key is taken over by the client's retry with the same id. For the same reason
+    this commit need not wait for the disk (synchronous_commit off): a crash of PostgreSQL that
+    loses it leaves the key in flight, and a retry after the stale window answers with that id.
     """
     try:
         async with rt.sessions() as session:
+            await repository.commit_without_waiting(session)
             for write in writes:
                 await write(session)
             await session.commit()
