@@ -1,5 +1,5 @@
 """The gateway's tables (schema `gateway`): credentials, idempotency keys and the per-alert status view."""
-from sqlalchemy import ARRAY, Column, Index, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, Uuid
+from sqlalchemy import ARRAY, Column, Index, text, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -29,6 +29,7 @@ alerts = Table(
     Column("cap", JSONB, comment="CAP origin: sender, identifier, sent, signed"),
     Column("cap_original", LargeBinary, comment="the CAP document exactly as received (signatures intact)"),
     Column("trace_id", String(32), comment="W3C trace id the alert's events carry"),
+    Index("alerts_cap_identifier", text("(cap ->> 'identifier')")),
 )
 
 recipients = Table(
