@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from shared import failures, tracing
 from shared.events import Envelope
@@ -152,7 +152,18 @@ class EventConsumer:
     async def commit_done(self) -> None:
         if self._done:
             done, self._done = self._done, {}
-            await self.consumer.commit(done)
+            # A rebalance while a batch was in hand may have revoked some of its partitions: their
+            # new owner replays those records (handlers are idempotent); committing them here would
+            # fail (IllegalStateError) and stop the service.
+            owned = self.consumer.assignment()
+            done = {tp: offset for tp, offset in done.items() if tp in owned}
+            if not done:
+                return
+            try:
+                await self.consumer.commit(done)
+            except (IllegalStateError, CommitFailedError) as exc:  # revoked during the commit itself
+                log.warning("offsets not committed: the group rebalanced; the new owner replays them",
+                            extra={"group": self.group, "error": repr(exc)})
 
     def stop(self) -> None:
         self._stopping.set()
