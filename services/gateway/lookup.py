@@ -58,17 +58,20 @@ class AlertRows:
         from `agency` (None: from anyone), so a list read after a 202 shows it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
-        while (left := deadline - loop.time()) > 0:
+        while True:
             now = time.monotonic()
             pending = [a for a, (at, row) in self.recent.items()
                        if now - at <= self.hold and (agency is None or row["sender_agency"] == agency)]
             if not pending:
                 return
-            self.progress.clear()
-            if not self.hub.listener.listening.is_set():  # no NOTIFY to wait for: ask
-                async with self.rt.sessions() as session:
-                    for alert_id in await repository.stored_ids(session, pending):
-                        self.projected(alert_id)
+            self.progress.clear()  # before asking: a NOTIFY from now on wakes the wait below
+            # Ask once: the projection may have stored one before it was remembered (its NOTIFY then came too early).
+            async with self.rt.sessions() as session:
+                for alert_id in await repository.stored_ids(session, pending):
+                    self.projected(alert_id)
+            if not any(a in self.recent for a in pending) or (left := deadline - loop.time()) <= 0:
+                return
+            if not self.hub.listener.listening.is_set():  # no NOTIFY to wait for: ask again soon
                 left = min(left, POLL_SECONDS)
             try:
                 await asyncio.wait_for(self.progress.wait(), left)

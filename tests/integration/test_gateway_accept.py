@@ -148,6 +148,22 @@ async def test_another_instance_waits_for_the_projection_and_is_woken_by_it(rows
         await asyncio.sleep(0.1)
     assert mine not in found.recent, "dropped from memory once the projection's NOTIFY named it"
 
+    # A list waits for this instance's accepts, but not for one the projection stored before it was remembered.
+    early = new_id()
+    await store_later(rt, early, 0)
+    await asyncio.sleep(0.5)  # its NOTIFY has come and gone
+    found.remember({"alert_id": early, "sender_agency": "kg-sbs", "cap_original": None})
+    started = loop.time()
+    await found.caught_up("kg-sbs")
+    assert loop.time() - started < 2 and early not in found.recent
+    pending = new_id()
+    found.remember({"alert_id": pending, "sender_agency": "kg-sbs", "cap_original": None})
+    late = asyncio.create_task(store_later(rt, pending, 1.0))
+    started = loop.time()
+    await found.caught_up("kg-sbs")
+    await late
+    assert 0.9 <= loop.time() - started < 5 and pending not in found.recent
+
 
 # --- no commit in the accept path -------------------------------------------------------------
 
