@@ -263,8 +263,11 @@ async def stored_ids(session: AsyncSession, alert_ids: list[UUID]) -> list[UUID]
     return list(await session.scalars(STORED_IDS, {"ids": alert_ids}))
 
 
+GET_ALERT = select(alerts).where(alerts.c.alert_id == bindparam("alert_id"))
+
+
 async def get_alert(session: AsyncSession, alert_id: UUID) -> dict | None:
-    row = (await session.execute(select(alerts).where(alerts.c.alert_id == alert_id))).mappings().first()
+    row = (await session.execute(GET_ALERT, {"alert_id": alert_id})).mappings().first()
     return dict(row) if row else None
 
 
