@@ -1,10 +1,17 @@
-"""Routing decision benchmark: decisions per second and p99 decision time, indexed vs naive.
+"""Routing decision benchmark: decisions per second and p99 decision time, indexed vs naive; and
+the Kafka handler's polls (decide, store, produce) before and after a change, in one run.
 
 Two networks: the demo network, and a generated one of 1,000 agencies, 200 posts and 10,000
 rules. Each runs the same alerts through the indexed `decide()` and through the naive path that
 evaluates every rule, in the same process and run, and prints both with their ratio.
 
+`--handler` then times `RoutingHandler` on the real stack (a database and topics of its own) over
+polls of `--batch` records (originals, each with an Update right behind it), once with this
+checkout's code and once with `--before`'s (a git ref, unpacked into a temporary folder and run
+in a subprocess), and prints records/s, statements per poll and the ratio.
+
     .venv/bin/python -m bench.routing_decisions [--decisions 2000] [--seed 7]
+    .venv/bin/python -m bench.routing_decisions --handler --before e056992 [--polls 20 --batch 100]
 """
 from __future__ import annotations
 
@@ -90,11 +97,112 @@ def measure(net: Compiled, alerts: list[Alert], naive: bool) -> dict:
             "p99_ms": times[int(len(times) * 0.99) - 1] * 1e3, "mean_ms": statistics.mean(times) * 1e3}
 
 
+async def handler_polls(label: str, polls: int, batch: int) -> dict:
+    """Time `polls` calls of the routing handler on `batch` records each; every alert has its Update in the same poll."""
+    import os
+    from types import SimpleNamespace
+
+    from sqlalchemy import event
+
+    from services.routing.consumer import RoutingHandler
+    from services.routing.state import ActiveNetwork
+    from shared import db, topics
+    from shared.events import AlertSubmitted, Envelope
+    from shared.ids import new_id
+    from shared.kafka import make_producer
+    from shared.service import Runtime
+    from shared.settings import Settings
+
+    run = f"{label}{os.getpid()}"
+    s = Settings().model_copy(update={"pg_database": f"blonet_benchrt_{run}", "topic_prefix": f"benchrt{run}.",
+                                      "network_dir": REPO / "deploy" / "network"})
+    await db.bootstrap(s)
+    await db.migrate(s, "routing")
+    await topics.create_topics(s)
+    rt = Runtime("routing", 0, s)
+    rt.engine = db.make_engine(s, "routing", pool_size=2)
+    rt.sessions = db.make_sessionmaker(rt.engine)
+    rt.producer = make_producer(s)
+    await rt.producer.start()
+    statements = []
+    event.listen(rt.engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(1))
+    try:
+        active = ActiveNetwork(rt)
+        await active.load()
+        handler = RoutingHandler(rt, active)
+
+        def poll() -> list:
+            out = []
+            for _ in range(batch // 2):
+                original = new_id()
+                for aid, changes in ((original, {}), (new_id(), {"msg_type": "update", "references": [str(original)]})):
+                    alert = Alert.model_validate({**PRECURSORS, **changes})
+                    env = Envelope.wrap(AlertSubmitted(alert=alert, submitted_by="bench"), origin_node="b", alert_id=aid,
+                                        thread_id=original)
+                    out.append(SimpleNamespace(value=env.to_bytes()))
+            return out
+
+        await handler(poll())  # warm: prepared statements, producer metadata
+        work = [poll() for _ in range(polls)]
+        statements.clear()
+        times = []
+        for records in work:
+            t0 = time.perf_counter()
+            await handler(records)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        return {"records_per_s": polls * batch / sum(times), "p50_ms": times[len(times) // 2] * 1e3,
+                "statements_per_poll": len(statements) / polls}
+    finally:
+        await rt.producer.stop()
+        await rt.engine.dispose()
+        await topics.delete_topics(s, s.topic_prefix)
+        await db.drop_database(s)
+
+
+def handler_comparison(before: str, polls: int, batch: int) -> None:
+    """This checkout's handler and `before`'s, one after the other in this run, with their ratio."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    rows = {}
+    stack = {"BLONET_KAFKA_BOOTSTRAP": os.environ.get("BLONET_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),  # the test stack
+             "BLONET_PG_PORT": os.environ.get("BLONET_PG_PORT", "15433"), "BLONET_LOG_LEVEL": "WARNING"}
+    with tempfile.TemporaryDirectory() as old:
+        subprocess.run(f"git -C {REPO} archive {before} | tar -x -C {old}", shell=True, check=True)
+        for label, root in (("before", old), ("after", str(REPO))):
+            done = subprocess.run([sys.executable, __file__, "--handler-only", label, "--polls", str(polls), "--batch", str(batch)],
+                                  env={**os.environ, **stack, "PYTHONPATH": root}, cwd=root, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(done.stderr[-3000:])
+            rows[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nrouting handler, polls of {batch} records (each alert with its Update in the same poll), {polls} polls")
+    print(f"{'code':<22} {'records/s':>10} {'p50 poll ms':>12} {'statements/poll':>16}")
+    for label, ref in (("before", before), ("after", "this checkout")):
+        r = rows[label]
+        print(f"{label + ' (' + ref[:10] + ')':<22} {r['records_per_s']:>10,.0f} {r['p50_ms']:>12.1f} {r['statements_per_poll']:>16.1f}")
+    print(f"ratio: after handles {rows['after']['records_per_s'] / rows['before']['records_per_s']:.2f}× the records/s of before")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--handler", action="store_true", help="also time the Kafka handler, before vs after")
+    parser.add_argument("--before", default="main", help="git ref of the code to compare the handler with")
+    parser.add_argument("--polls", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--handler-only", help=argparse.SUPPRESS)  # internal: one side of --handler, as JSON
     args = parser.parse_args()
+    if args.handler_only:
+        import asyncio
+        import json
+
+        print(json.dumps(asyncio.run(handler_polls(args.handler_only, args.polls, args.batch))))
+        return
     rng = random.Random(args.seed)
     demo = Compiled(load_network(REPO / "deploy" / "network"))
     t0 = time.perf_counter()
@@ -112,6 +220,8 @@ def main() -> None:
             print(f"{name:<10} {path:<8} {r['per_s']:>12,.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}")
         print(f"{name:<10} ratio    indexed is {rows['naive']['p99_ms'] / rows['indexed']['p99_ms']:.1f}× faster at p99; "
               f"target p99 < 1 ms: {'met' if rows['indexed']['p99_ms'] < 1 else 'NOT met'}")
+    if args.handler:
+        handler_comparison(args.before, args.polls, args.batch)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ defaults); anything else is a new schema_version. See docs/events.md.
 """
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import ClassVar, TypeVar
+from typing import Annotated, ClassVar, TypeVar
 from uuid import UUID
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from shared import tracing
 from shared.alerts import Alert
@@ -99,12 +101,31 @@ class Envelope(BaseModel):
         return cls.model_validate_json(data)
 
 
+# Bytes in Python, base64 text in JSON (an event's payload is JSON): the CAP original may be in any encoding.
+Base64Bytes = Annotated[
+    bytes, BeforeValidator(lambda v: base64.b64decode(v, validate=True) if isinstance(v, str) else v),
+    PlainSerializer(lambda v: base64.b64encode(v).decode(), return_type=str, when_used="json"),
+]
+
+
+class CapOrigin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sender: str
+    identifier: str
+    sent: str = Field(description="as CAP writes it (shared.cap.format_time)")
+    signed: bool = False
+
+
 class AlertSubmitted(Payload):
     """An agency's alert, accepted by the gateway (key: thread id)."""
 
     event_type: ClassVar[EventType] = EventType.ALERT_SUBMITTED
     alert: Alert
     submitted_by: str = Field(description="id of the credential that submitted it")
+    # Optional (added for issue 11): the gateway's status projection stores the CAP origin from the
+    # event itself, so the accept path writes nothing to the database. Audit keeps neither.
+    cap: CapOrigin | None = Field(None, description="CAP submissions: sender, identifier, sent, signed")
+    cap_original: Base64Bytes | None = Field(None, description="CAP submissions: the document byte for byte (base64)")
 
 
 class ViewProfile(StrEnum):

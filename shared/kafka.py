@@ -236,14 +236,18 @@ class EventConsumer:
     async def commit_done(self) -> None:
         if self._done:
             done, self._done = self._done, {}
+            # A rebalance while a batch was in hand may have revoked some of its partitions: their
+            # new owner replays those records (handlers are idempotent); committing them here would
+            # fail (IllegalStateError) and stop the service.
+            owned = self.consumer.assignment()
+            done = {tp: offset for tp, offset in done.items() if tp in owned}
+            if not done:
+                return
             try:
                 await self.consumer.commit(done)
-            except CommitFailedError:
-                # The group rebalanced without us (e.g. cut off from the coordinator past the session
-                # timeout): the records' effects are durable and idempotent, so whoever owns their
-                # partitions now handles them again from the last commit. Not a reason to stop.
-                log.warning("commit refused after a rebalance; the records will be handled again by their new owner",
-                            extra={"group": self.group, "partitions": len(done)})
+            except (IllegalStateError, CommitFailedError) as exc:  # revoked during the commit itself
+                log.warning("offsets not committed: the group rebalanced; the new owner replays them",
+                            extra={"group": self.group, "error": repr(exc)})
 
     def settle(self) -> None:
         """Take the offsets the gate has finished since last asked (no gate: nothing to take)."""

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.gateway import service
 from services.gateway.directory import ActiveDirectory
 from services.gateway.keycache import KeyCache
+from services.gateway.lookup import AlertRows
 from services.gateway.limits import RateLimiter, SlotStream, StreamSlots
 from services.gateway.ops import FlowHub
 from services.gateway.schemas import (
@@ -123,7 +124,7 @@ def streamer(slots: StreamSlots):
     return stream
 
 
-def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, directory: ActiveDirectory) -> APIRouter:
+def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, directory: ActiveDirectory, rows: AlertRows) -> APIRouter:
     api = APIRouter(prefix="/v1")
     stream = streamer(slots)
     Who = Annotated[Caller, Depends(authenticate)]
@@ -142,7 +143,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
     async def submit_alert(request: Request, who: Who, idempotency_key: IdempotencyKey = None, traceparent: Traceparent = None):
         """Submit an alert as BLOnet JSON or CAP 1.2 XML; 202 only once Kafka holds it durably (acks=all)."""
         sub = service.decode_submission(await request.body(), request.headers.get("content-type"))
-        result = await service.submit(rt, who, sub, directory=directory, idempotency_key=idempotency_key, traceparent=traceparent)
+        result = await service.submit(rt, rows, who, sub, directory=directory, idempotency_key=idempotency_key, traceparent=traceparent)
         log_context.set({"alert_id": result[1].get("id")})
         return answer(result)
 
@@ -159,7 +160,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
         after = service.decode_cursor(cursor)
         filters = {k: v.value for k, v in (("category", category), ("severity", severity), ("msg_type", msg_type),
                                              ("status", alert_status)) if v is not None}
-        return await service.list_alerts(rt, who, box=box, filters=filters, after=after, limit=limit)
+        return await service.list_alerts(rt, rows, who, box=box, filters=filters, after=after, limit=limit)
 
     @api.get(
         "/alerts/{alert_id}", response_model=AlertStatus, responses={
@@ -174,7 +175,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
         language: Annotated[str | None, Query(pattern=langtag.PATTERN, description="with format=cap: one language, by BCP 47 lookup")] = None,
     ):
         """Return the alert's progress as this caller may see it (senders: every recipient and denial)."""
-        found = await service.visible_or_404(rt, who, alert_id)
+        found = await service.visible_or_404(rt, rows, who, alert_id)
         if format == "cap":
             return Response(service.cap_document(found, original=original, language=language), media_type=CAP)
         return Response(service.dumps(await service.status_view(rt, found)), media_type="application/json")
@@ -191,8 +192,8 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
         """Follow an alert as Server-Sent Events: a `status` event each time its status view changes.
 
         At most `max_streams_per_key` open streams per key (429 above); a stream ends soon after its key is revoked."""
-        found = await service.visible_or_404(rt, who, alert_id)
-        return stream(who, service.follow(rt, hub, who, found, until_seconds))
+        found = await service.visible_or_404(rt, rows, who, alert_id)
+        return stream(who, service.follow(rt, rows, hub, who, found, until_seconds))
 
     @api.post("/alerts/{alert_id}/ack", status_code=202, response_model=AckAccepted,
               responses=_problems(401, 403, 404, 409, 422, 429, 503))
@@ -200,7 +201,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
                           traceparent: Traceparent = None):
         """Acknowledge an alert your agency received: received, acting or not_relevant, with a comment."""
         return answer(await service.acknowledge(
-            rt, who, alert_id, status=body.status, comment=body.comment, unit=body.unit,
+            rt, rows, who, alert_id, status=body.status, comment=body.comment, unit=body.unit,
             raw=body.model_dump_json().encode(), idempotency_key=idempotency_key, traceparent=traceparent))
 
     @api.post("/alerts/{alert_id}/forward", status_code=202, response_model=ForwardAccepted,
@@ -209,7 +210,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
                       traceparent: Traceparent = None):
         """Pass an alert your agency received on to named units or agencies; routing applies the original's limits."""
         return answer(await service.forward(
-            rt, who, alert_id, to=body.to, comment=body.comment, unit=body.unit,
+            rt, rows, who, alert_id, to=body.to, comment=body.comment, unit=body.unit,
             raw=body.model_dump_json().encode(), idempotency_key=idempotency_key, traceparent=traceparent,
             directory=directory))
 

@@ -9,6 +9,8 @@ from services.gateway.api import authenticator, count_refused_submission, instal
 from services.gateway.consumer import TOPICS, StatusView
 from services.gateway.directory import ActiveDirectory
 from services.gateway.keycache import KeyCache
+from services.gateway.lookup import AlertRows
+from services.gateway.members import Members
 from services.gateway.limits import RateLimiter, StreamSlots
 from shared import db
 from shared.alerts import Alert
@@ -25,7 +27,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     settings = settings or get_settings()
     ensure_signing_key(settings)
     rt = Runtime("gateway", settings.gateway_port, settings)
-    # Every request touches the database 2–3 times: a wider pool, and no pre-ping round trip per checkout
+    # Reads and keyed submissions use the database: a wide pool, and no pre-ping round trip per checkout
     # (a dead connection fails that one request, which the client retries safely with its Idempotency-Key).
     rt.engine = db.make_engine(settings, "gateway", pool_size=30)
     rt.sessions = db.make_sessionmaker(rt.engine)
@@ -45,9 +47,11 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt.workers += [purge_idempotency_keys, hub.run, keys.listener.run, follow_directory]
     rt.on_body_refused = count_refused_submission
     app = rt.app(description=DESCRIPTION, version="1.0.0")
-    authenticate = authenticator(keys, RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst))
+    limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    rt.workers.append(Members(rt, on_change=limiter.share).run)  # each instance enforces limit / live instances
+    authenticate = authenticator(keys, limiter)
     slots = StreamSlots(settings.max_streams_per_key)
-    app.include_router(router(rt, authenticate, hub, slots, directory))
+    app.include_router(router(rt, authenticate, hub, slots, directory, AlertRows(rt, hub)))
     app.include_router(ops_api.router(rt, hub, authenticate, streamer(slots)))
     console.install(app, rt, hub)
     install_errors(app)

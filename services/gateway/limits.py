@@ -12,17 +12,24 @@ from starlette.types import Receive, Scope, Send
 
 
 class RateLimiter:
-    """Token buckets per API key (per gateway instance): `rate` requests/s, bursts up to `burst`."""
+    """Token buckets per API key: `limit` requests/s and bursts up to `burst` across all gateway
+    instances, each enforcing its share, `1/instances` of both (members.py counts the instances)."""
 
-    def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
+    def __init__(self, limit: float, burst: int, clock=time.monotonic) -> None:
+        self.limit, self.whole_burst, self.clock = limit, burst, clock
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.share(1)
+
+    def share(self, instances: int) -> None:
+        """Enforce 1/`instances` of the limit and of the burst here (never less than one request)."""
+        self.rate = self.limit / instances
+        self.burst = max(1.0, self.whole_burst / instances)
 
     def take(self, key: str) -> float:
         """Take one token for `key`; return 0 if allowed, else the seconds to wait."""
         now = self.clock()
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens >= 1:
             self._buckets[key] = (tokens - 1, now)
             return 0.0

@@ -1,5 +1,5 @@
 """The gateway's tables (schema `gateway`): credentials, idempotency keys and the per-alert status view."""
-from sqlalchemy import ARRAY, Column, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, Uuid
+from sqlalchemy import ARRAY, Column, Index, text, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -29,6 +29,7 @@ alerts = Table(
     Column("cap", JSONB, comment="CAP origin: sender, identifier, sent, signed"),
     Column("cap_original", LargeBinary, comment="the CAP document exactly as received (signatures intact)"),
     Column("trace_id", String(32), comment="W3C trace id the alert's events carry"),
+    Index("alerts_cap_identifier", text("(cap ->> 'identifier')")),
 )
 
 recipients = Table(
@@ -64,6 +65,7 @@ idempotency_keys = Table(
     Column("response", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, index=True),
+    Index("idempotency_keys_alert_id", "alert_id"),
 )
 
 forwards = Table(

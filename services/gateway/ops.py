@@ -189,6 +189,7 @@ class FlowHub:
         self.pending: set[UUID] = set()
         self.changed = asyncio.Event()
         self.watchers: dict[UUID, set[asyncio.Event]] = {}  # per-alert streams: woken when their alert changes
+        self.on_change: list[Callable[[UUID], None]] = []  # e.g. lookup.AlertRows drops what the projection stored
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict]]:
@@ -213,6 +214,8 @@ class FlowHub:
 
     def _notified(self, payload: str) -> None:
         alert_id = UUID(payload)
+        for callback in self.on_change:
+            callback(alert_id)
         for event in self.watchers.get(alert_id, ()):
             event.set()
         if self.subscribers:

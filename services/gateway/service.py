@@ -24,13 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway import repository
 from services.gateway.directory import ActiveDirectory, DirectoryUnavailable
+from services.gateway.lookup import AlertRows
 from services.gateway.ops import FlowHub
 from services.gateway.schemas import AlertStatus
 from shared import topics, tracing
 from shared.alerts import Alert
 from shared.auth import Principal, Role
 from shared.cap import CapError, CapMessage, cap_alert_id, format_time, keyed_uuid7, parse_cap, parse_reference, render_cap
-from shared.events import AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, Envelope, Payload
+from shared.events import AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, CapOrigin, Envelope, Payload
 from shared.ids import derived_id, new_id
 from shared.kafka import send
 from shared.metrics import ALERTS_ACCEPTED
@@ -179,11 +180,12 @@ class Visible:
     mine: list[dict]  # the caller agency's recipient rows (for a recipient)
 
 
-async def visible(session, caller: Caller, alert_id: UUID) -> Visible | None:
-    """Return the alert if the caller's agency sent it, received it, or oversees; else None."""
-    row = await repository.get_alert(session, alert_id)
+async def visible(session, caller: Caller, row: dict | None) -> Visible | None:
+    """Return the alert (its row, found by `AlertRows.get`) if the caller's agency sent it, received it,
+    or oversees; else None."""
     if row is None:
         return None
+    alert_id = row["alert_id"]
     if row["sender_agency"] == caller.agency and caller.has(Role.SUBMIT):
         return Visible(row, "sender", [])
     if caller.has(Role.RECEIVE):
@@ -200,15 +202,16 @@ def not_visible(alert_id: UUID, caller: Caller) -> ApiError:
     return ApiError(404, "not_found", f"no alert {alert_id} visible to {caller.agency}")
 
 
-async def visible_or_404(rt: Runtime, caller: Caller, alert_id: UUID) -> Visible:
+async def visible_or_404(rt: Runtime, rows: AlertRows, caller: Caller, alert_id: UUID) -> Visible:
+    row = await rows.get(alert_id)
     async with rt.sessions() as session:
-        found = await visible(session, caller, alert_id)
+        found = await visible(session, caller, row)
     if found is None:
         raise not_visible(alert_id, caller)
     return found
 
 
-async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | None:
+async def resolve_thread(rt: Runtime, rows: AlertRows, caller: Caller, alert: Alert) -> UUID | None:
     """Return the thread a message referencing earlier alerts joins, refusing references the caller never saw.
 
     Only the sender agency may attach messages to its thread, whatever their msg_type: a message
@@ -218,19 +221,21 @@ async def resolve_thread(rt: Runtime, caller: Caller, alert: Alert) -> UUID | No
     if not alert.references:
         return None
     threads = []
-    async with rt.sessions() as session:
-        for ref in alert.references:
-            seen = await visible(session, caller, ref)
-            if seen is None:
-                raise ApiError(422, "unknown_reference", f"references: unknown alert {ref}")
-            if seen.row["sender_agency"] != caller.agency:
-                raise ApiError(403, "not_sender", f"only {seen.row['sender_agency']} may add to the thread of alert {ref}; "
-                                                  "reply by forward or acknowledgement")
-            threads.append(seen.row["thread_id"])
+    for ref in alert.references:
+        row = await rows.get(ref)  # an alert accepted just before, maybe on another instance, counts
+        async with rt.sessions() as session:
+            seen = await visible(session, caller, row)
+        if seen is None:
+            raise ApiError(422, "unknown_reference", f"references: unknown alert {ref}")
+        if seen.row["sender_agency"] != caller.agency:
+            raise ApiError(403, "not_sender", f"only {seen.row['sender_agency']} may add to the thread of alert {ref}; "
+                                              "reply by forward or acknowledgement")
+        threads.append(seen.row["thread_id"])
     return threads[0]
 
 
-async def resolve_cap(rt: Runtime, caller: Caller, sub: Submission, directory: ActiveDirectory) -> tuple[Submission, UUID]:
+async def resolve_cap(rt: Runtime, rows: AlertRows, caller: Caller, sub: Submission,
+                      directory: ActiveDirectory) -> tuple[Submission, UUID]:
     """Tie a CAP message to the caller's agency: refuse another agency's sender, and give the message
     and its references the ids of what this agency sent as (sender, identifier, sent).
 
@@ -249,7 +254,7 @@ async def resolve_cap(rt: Runtime, caller: Caller, sub: Submission, directory: A
 
         alert_id = await id_of(cap.sender, cap.identifier, cap.sent)
         references = [await id_of(*parse_reference(triple)) for triple in cap.references]
-        row = await repository.get_alert(session, alert_id)
+    row = await rows.get(alert_id, wait=False)
     if row and (row["sender_agency"] != caller.agency or (row["cap"] or {}).get("sender", cap.sender) != cap.sender):
         raise ApiError(409, "cap_id_taken", f"alert {alert_id} was sent by another sender; its original stays as it is")
     return replace(sub, alert=sub.alert.model_copy(update={"references": references})), alert_id
@@ -258,7 +263,7 @@ async def resolve_cap(rt: Runtime, caller: Caller, sub: Submission, directory: A
 # --- idempotent production ----------------------------------------------------------------------
 
 Record = Callable[[AsyncSession], Awaitable[None]]
-Action = Callable[[UUID], Awaitable[tuple[int, dict, Record]]]
+Action = Callable[[UUID], Awaitable[tuple[int, dict, Record | None]]]  # None: nothing to write after Kafka has it
 
 
 async def idempotent(rt: Runtime, caller: Caller, key: str | None, fingerprint: str, mint: Callable[[], UUID], action: Action) -> tuple[int, dict]:
@@ -266,11 +271,13 @@ async def idempotent(rt: Runtime, caller: Caller, key: str | None, fingerprint: 
 
     The key is reserved (committed) before anything is produced, with the id the action will
     use; a retry after a crash or a 503 re-uses that id, so downstream dedupe absorbs the repeat.
-    The action's own status row and the key's answer are written in one transaction.
+    The action's own rows (if any) and the key's answer are written in one transaction. Without a
+    key, an action that records nothing touches no database at all.
     """
     if key is None:
         code, body, record = await action(mint())
-        await _settle(rt, record)
+        if record is not None:
+            await _settle(rt, record)
         return code, body
     if not 1 <= len(key) <= 200:
         raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
@@ -300,7 +307,7 @@ async def idempotent(rt: Runtime, caller: Caller, key: str | None, fingerprint: 
     async def done(session: AsyncSession) -> None:
         await repository.finish_key(session, agency=caller.agency, key=key, state="done", status_code=code, response=body)
 
-    await _settle(rt, record, done)
+    await _settle(rt, *([record] if record else []), done)
     return code, body
 
 
@@ -308,10 +315,13 @@ async def _settle(rt: Runtime, *writes: Record) -> None:
     """Write what an accepted request leaves in the status view, after Kafka has it.
 
     The status consumer writes the same rows from the event, so a failure here only delays them;
-    an unfinished key is taken over by the client's retry with the same id.
+    an unfinished key is taken over by the client's retry with the same id. For the same reason
+    this commit need not wait for the disk (synchronous_commit off): a crash of PostgreSQL that
+    loses it leaves the key in flight, and a retry after the stale window answers with that id.
     """
     try:
         async with rt.sessions() as session:
+            await repository.commit_without_waiting(session)
             for write in writes:
                 await write(session)
             await session.commit()
@@ -353,16 +363,20 @@ def _wrap(rt: Runtime, payload: Payload, *, alert_id: UUID, thread_id: UUID, eve
 
 # --- the three acts: submit, acknowledge, forward -----------------------------------------------
 
-async def submit(rt: Runtime, caller: Caller, sub: Submission, *, directory: ActiveDirectory, idempotency_key: str | None,
-                 traceparent: str | None) -> tuple[int, dict]:
-    """Accept an alert once: answer only after Kafka holds it durably (acks=all)."""
+async def submit(rt: Runtime, rows: AlertRows, caller: Caller, sub: Submission, *, directory: ActiveDirectory,
+                 idempotency_key: str | None, traceparent: str | None) -> tuple[int, dict]:
+    """Accept an alert once: answer only after Kafka holds it durably (acks=all).
+
+    Nothing is written to the database here unless an Idempotency-Key (a CAP message's own
+    included) needs it: the status projection stores the row from the event, and until it has,
+    `rows` answers for it (services/gateway/lookup.py)."""
     now = datetime.now(timezone.utc)
     check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts)
     check_originator(directory, caller)
     sub, dropped = check_names(directory, sub)
     if sub.cap is not None:
-        sub, cap_id = await resolve_cap(rt, caller, sub, directory)
-    thread = await resolve_thread(rt, caller, sub.alert)
+        sub, cap_id = await resolve_cap(rt, rows, caller, sub, directory)
+    thread = await resolve_thread(rt, rows, caller, sub.alert)
     key = idempotency_key
     if sub.cap is not None:
         key = key or f"cap:{sub.cap.sender},{sub.cap.identifier},{format_time(sub.cap.sent)}"
@@ -375,37 +389,35 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, directory: Act
         "sender": sub.cap.sender, "identifier": sub.cap.identifier, "sent": format_time(sub.cap.sent), "signed": sub.cap.signed,
     }
 
-    async def accept(alert_id: UUID) -> tuple[int, dict, Record]:
+    async def accept(alert_id: UUID) -> tuple[int, dict, None]:
         thread_id = thread or alert_id
-        env = _wrap(rt, AlertSubmitted(alert=sub.alert, submitted_by=caller.key_id), alert_id=alert_id, thread_id=thread_id,
-                    event_id=derived_id(alert_id, "submitted"), traceparent=traceparent)
+        original = sub.raw if sub.cap else None
+        payload = AlertSubmitted(alert=sub.alert, submitted_by=caller.key_id, cap=cap and CapOrigin(**cap), cap_original=original)
+        env = _wrap(rt, payload, alert_id=alert_id, thread_id=thread_id, event_id=derived_id(alert_id, "submitted"),
+                    traceparent=traceparent)
         await produce(rt, topics.ALERTS_SUBMITTED.name, thread_id, env)
         ALERTS_ACCEPTED.inc()
-
-        async def record(session: AsyncSession) -> None:
-            # The status consumer records it too; doing it now lets an immediate GET find it.
-            await repository.record_alert(
-                session, alert_id=alert_id, thread_id=thread_id, sender_agency=sub.alert.sender_agency,
-                submitted_by=caller.key_id, received_at=env.occurred_at, alert=sub.alert.model_dump(mode="json"),
-                cap=cap, cap_original=sub.raw if sub.cap else None, trace_id=tracing.trace_id_of(env.traceparent),
-            )
-            await repository.notify_changed(session, {alert_id})  # the live flow shows it now, not when consumed
+        # The status projection stores the row from the event; until then this instance answers for it.
+        rows.remember({"alert_id": alert_id, "thread_id": thread_id, "sender_agency": sub.alert.sender_agency,
+                       "submitted_by": caller.key_id, "received_at": env.occurred_at, "alert": payload.alert.model_dump(mode="json"),
+                       "routing": None, "cap": cap, "cap_original": original, "trace_id": tracing.trace_id_of(env.traceparent)})
 
         body = {"id": str(alert_id), "thread_id": str(thread_id), "status_url": f"{rt.settings.public_base_url}/v1/alerts/{alert_id}"}
         if cap:
             body["cap"] = cap
         if dropped:
             body["dropped"] = dropped
-        return 202, body, record
+        return 202, body, None
 
     return await idempotent(rt, caller, key, request_hash("POST", "/v1/alerts", sub.raw), mint, accept)
 
 
-async def _as_recipient(rt: Runtime, caller: Caller, alert_id: UUID, act: str, unit: str | None) -> tuple[str | None, UUID]:
+async def _as_recipient(rt: Runtime, rows: AlertRows, caller: Caller, alert_id: UUID, act: str,
+                        unit: str | None) -> tuple[str | None, UUID]:
     """Check the caller may `act` on the alert as one of its recipients; return (unit, thread id)."""
     if not caller.has(Role.RECEIVE):
         raise ApiError(403, "forbidden", f"this key may not {act} alerts (needs role receive)")
-    found = await visible_or_404(rt, caller, alert_id)
+    found = await visible_or_404(rt, rows, caller, alert_id)
     if found.relation != "recipient":
         raise ApiError(403, "not_recipient", f"only a recipient of alert {alert_id} may {act} it")
     if unit is not None and unit not in {r["unit"] for r in found.mine}:
@@ -414,11 +426,11 @@ async def _as_recipient(rt: Runtime, caller: Caller, alert_id: UUID, act: str, u
 
 
 async def acknowledge(
-    rt: Runtime, caller: Caller, alert_id: UUID, *, status: AckStatus, comment: str | None, unit: str | None,
+    rt: Runtime, rows: AlertRows, caller: Caller, alert_id: UUID, *, status: AckStatus, comment: str | None, unit: str | None,
     raw: bytes, idempotency_key: str | None, traceparent: str | None,
 ) -> tuple[int, dict]:
     """Record a recipient's acknowledgement as an alert.acknowledged event."""
-    unit, thread_id = await _as_recipient(rt, caller, alert_id, "acknowledge", unit)
+    unit, thread_id = await _as_recipient(rt, rows, caller, alert_id, "acknowledge", unit)
 
     async def act(event_id: UUID) -> tuple[int, dict, Record]:
         payload = AlertAcknowledged(agency=caller.agency, unit=unit, status=status, comment=comment, acknowledged_by=caller.key_id)
@@ -432,12 +444,12 @@ async def acknowledge(
 
 
 async def forward(
-    rt: Runtime, caller: Caller, alert_id: UUID, *, to: list[str], comment: str | None, unit: str | None,
+    rt: Runtime, rows: AlertRows, caller: Caller, alert_id: UUID, *, to: list[str], comment: str | None, unit: str | None,
     raw: bytes, idempotency_key: str | None, traceparent: str | None, directory: ActiveDirectory,
 ) -> tuple[int, dict]:
     """Pass an alert on to named units or agencies, as an alert.forwarded event routing decides on."""
     check_forward_names(directory, to)
-    unit, thread_id = await _as_recipient(rt, caller, alert_id, "forward", unit)
+    unit, thread_id = await _as_recipient(rt, rows, caller, alert_id, "forward", unit)
 
     async def act(forward_id: UUID) -> tuple[int, dict, Record]:
         payload = AlertForwarded(forward_id=forward_id, agency=caller.agency, unit=unit, to=to, comment=comment,
@@ -523,10 +535,13 @@ def dumps(value: object) -> bytes:
     return orjson.dumps(value, default=str)
 
 
-async def list_alerts(rt: Runtime, caller: Caller, *, box: str, filters: dict, after: UUID | None, limit: int) -> dict:
+async def list_alerts(rt: Runtime, rows: AlertRows, caller: Caller, *, box: str, filters: dict, after: UUID | None,
+                      limit: int) -> dict:
     """Return one page of the alerts the caller may read one by one (`visible`): those its agency sent
-    if the key may submit, those it received if the key may receive; operators and auditors: all."""
+    if the key may submit, those it received if the key may receive; operators and auditors: all.
+    What this instance accepted from the caller's agency is waited for (bounded) until the projection has it."""
     oversight = caller.has(Role.OPERATOR, Role.AUDITOR)
+    await rows.caught_up(None if oversight else caller.agency)
     boxes = set() if oversight else {b for b, role in (("sent", Role.SUBMIT), ("received", Role.RECEIVE)) if caller.has(role)}
     if box != "all":
         boxes &= {box}
@@ -557,7 +572,7 @@ def encode_cursor(alert_id: UUID) -> str:
     return base64.urlsafe_b64encode(alert_id.bytes).rstrip(b"=").decode()
 
 
-async def follow(rt: Runtime, hub: FlowHub, caller: Caller, found: Visible, until_seconds: float) -> AsyncIterator[bytes]:
+async def follow(rt: Runtime, rows: AlertRows, hub: FlowHub, caller: Caller, found: Visible, until_seconds: float) -> AsyncIterator[bytes]:
     """Yield Server-Sent Events: the status view whenever it changes, until the deadline.
 
     Driven by the status consumer's NOTIFY (ops.FlowHub), so an idle stream costs no query; every
@@ -578,7 +593,7 @@ async def follow(rt: Runtime, hub: FlowHub, caller: Caller, found: Visible, unti
                     if key is None or key["revoked_at"] is not None:
                         return
                     checked = loop.time()
-                now = await visible(session, caller, alert_id)
+                now = await visible(session, caller, await rows.get(alert_id, wait=False))
             if now is None:
                 return
             current = dumps(await status_view(rt, now))

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing import repository
 from services.routing.compiled import Compiled
@@ -24,9 +23,8 @@ from shared.service import Runtime
 log = logging.getLogger(__name__)
 
 
-async def load_thread(session: AsyncSession, thread_id, alert_id=None) -> Thread:
-    """Rebuild what a thread did from stored decisions: its alert (or `alert_id`'s) and every recipient."""
-    rows = await repository.thread_rows(session, thread_id)
+def thread_of(rows: list[dict], thread_id, alert_id=None) -> Thread:
+    """Rebuild what a thread did from its decisions, oldest first: its alert (or `alert_id`'s) and every recipient."""
     alerts = {r["alert_id"]: r["alert"] for r in rows if r["alert"]}
     original = alerts.get(alert_id or thread_id)
     recipients: dict[str, Recipient] = {}
@@ -34,6 +32,11 @@ async def load_thread(session: AsyncSession, thread_id, alert_id=None) -> Thread
         for r in row["decision"]["recipients"]:
             recipients.setdefault(r["endpoint"], Recipient.model_validate(r))
     return Thread(Alert.model_validate(original) if original else None, tuple(recipients.values()))
+
+
+def needs_thread(cause: Envelope) -> bool:
+    """A forward, an update or a cancel is decided against its thread; a new alert starts one."""
+    return cause.type is EventType.ALERT_FORWARDED or cause.thread_id != cause.alert_id
 
 
 def count_decisions(routed: Iterable[Envelope]) -> None:
@@ -71,38 +74,48 @@ class RoutingHandler:
             out.append((topics.DELIVERIES_REQUESTED.name, r.endpoint, env))
         return out
 
-    async def route(self, session: AsyncSession, cause: Envelope) -> list[tuple[str, str, Envelope]]:
+    def route(self, cause: Envelope, thread_rows: list[dict]) -> tuple[list[tuple[str, str, Envelope]], dict]:
+        """Decide on one event against its thread's decisions (stored and earlier in this poll); return
+        what it produces and its decision row."""
         net = self.active.current
         # Decide at the time the event was accepted, so a replay reaches the same decision.
         now = cause.occurred_at
         if cause.type is EventType.ALERT_FORWARDED:
             forward = cause.payload_as(AlertForwarded)
-            thread = await load_thread(session, cause.thread_id, cause.alert_id)
+            thread = thread_of(thread_rows, cause.thread_id, cause.alert_id)
             decision = decide_forward(forward, thread, net, now)
             alert, stored = thread.original, None
             by = {"agency": forward.agency, "unit": forward.unit, "comment": forward.comment}
         else:
             alert = cause.payload_as(AlertSubmitted).alert
-            thread = await load_thread(session, cause.thread_id) if cause.thread_id != cause.alert_id else Thread()
+            thread = thread_of(thread_rows, cause.thread_id) if needs_thread(cause) else Thread()
             decision, stored, by = decide(alert, thread, net, now), alert.model_dump(mode="json"), None
         produced = self.outputs(cause, decision, alert, net, by)  # no alert → no recipients, only the decision
-        await repository.save_decision(
-            session, event_id=produced[0][2].event_id, alert_id=cause.alert_id, thread_id=cause.thread_id,
-            alert=stored, decision=decision, decided_at=now,
-        )
-        return produced
+        row = repository.decision_row(event_id=produced[0][2].event_id, alert_id=cause.alert_id, thread_id=cause.thread_id,
+                                      alert=stored, decision=decision, decided_at=now)
+        return produced, row
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        outputs = []
+        """One poll: read the threads it needs (one statement), decide in order, store every decision
+        (one statement), commit, then produce; the caller commits offsets only after every ack."""
+        causes = [Envelope.from_bytes(record.value) for record in records]
+        outputs, rows = [], []
         async with self.rt.sessions() as session:
-            for record in records:
-                cause = Envelope.from_bytes(record.value)
+            threads: dict = {}
+            for row in await repository.thread_rows(session, list({c.thread_id for c in causes if needs_thread(c)})):
+                threads.setdefault(row["thread_id"], []).append(row)
+            for cause in causes:
                 log_context.set({"alert_id": str(cause.alert_id), "event_id": str(cause.event_id)})
-                outputs += await self.route(session, cause)
-                EVENTS_HANDLED.labels("routing", cause.type).inc()
+                produced, row = self.route(cause, threads.get(cause.thread_id, []))
+                threads.setdefault(cause.thread_id, []).append(row)  # a later event of this poll sees it, stored or not
+                outputs += produced
+                rows.append(row)
+            await repository.save_decisions(session, rows)
             await session.commit()
-        # Produce after the decisions are stored; the caller commits offsets only after every ack.
+        # Produce after the decisions are stored.
         futures = [await send(self.rt.producer, self.rt.settings.topic(t), k, e) for t, k, e in outputs]
         await asyncio.gather(*futures)
+        for cause in causes:
+            EVENTS_HANDLED.labels("routing", cause.type).inc()
         # Counted only now, so a batch that failed and is retried is not counted twice.
         count_decisions(e for _, _, e in outputs if e.type is EventType.ALERT_ROUTED)

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import yaml
 from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient
 from alembic import command
 from sqlalchemy import select, text
 
@@ -24,7 +23,7 @@ from services.notifier.models import attempts, deliveries, retries
 from services.notifier.recorder import Recorder
 from shared import db, topics
 from shared.ids import new_id
-from shared.kafka import make_producer
+from shared.kafka import make_admin, make_producer
 from shared.service import Runtime
 from tests.conftest import port
 from tests.integration.conftest import in_session, start_service, wait_ready
@@ -139,7 +138,7 @@ async def test_a_kill_between_the_posts_and_their_group_commit_loses_nothing_and
 
 
 async def committed(s, group: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    admin = make_admin(s)
     await admin.start()
     try:
         found = await admin.list_consumer_group_offsets(s.topic(group))

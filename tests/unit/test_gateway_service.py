@@ -84,11 +84,23 @@ def test_a_foreign_cursor_is_refused():
 
 def test_rate_limiter_refills_at_its_rate():
     now = [0.0]
-    limiter = RateLimiter(rate=2, burst=3, clock=lambda: now[0])
+    limiter = RateLimiter(limit=2, burst=3, clock=lambda: now[0])
     assert [limiter.take("a") for _ in range(3)] == [0, 0, 0]
     assert limiter.take("a") == pytest.approx(0.5) and limiter.take("b") == 0
     now[0] += 0.5
     assert limiter.take("a") == 0 and RateLimiter.retry_after(0.2) == "1" and RateLimiter.retry_after(2.5) == "3"
+
+
+def test_each_of_n_instances_enforces_its_share_of_the_limit():
+    now = [0.0]
+    limiter = RateLimiter(limit=10, burst=20, clock=lambda: now[0])
+    limiter.share(4)  # four live instances: 2.5 requests/s and bursts of 5 here, 10/s and 20 together
+    assert [limiter.take("a") for _ in range(6)] == [0] * 5 + [pytest.approx(0.4)]
+    now[0] += 0.4
+    assert limiter.take("a") == 0
+    limiter.share(100)  # more instances than the burst: still one request at a time, never none
+    now[0] += 10
+    assert limiter.take("b") == 0 and limiter.take("b") > 0
 
 
 def test_body_limit_refuses_large_bodies_whatever_content_length_says():

@@ -5,7 +5,7 @@ and recipients included), over random networks. Whatever the sequence, no messag
 field to a recipient whose agreement forbids it, crosses a border without an agreement in force,
 or reaches anyone outside the policy's set: what its own content reaches on its own, plus the
 thread's recipients when its sender agency owns the thread (a forward: the forwarder's targets).
-The model keeps what `routing.consumer.load_thread` rebuilds: the thread's first alert, every
+The model keeps what `routing.consumer.thread_of` rebuilds: the thread's first alert, every
 message, and each endpoint's first recipient record.
 """
 from __future__ import annotations
