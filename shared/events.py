@@ -99,12 +99,32 @@ class Envelope(BaseModel):
         return cls.model_validate_json(data)
 
 
+class SignatureState(StrEnum):
+    """What the gateway found of a CAP message's XML signature (docs/api.md, "Signed CAP")."""
+
+    UNSIGNED = "unsigned"
+    VERIFIED = "verified"
+    INVALID = "invalid"
+    UNKNOWN_SIGNER = "unknown_signer"
+
+
+class CapSignature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state: SignatureState
+    reason: str | None = Field(None, description="why it is not verified")
+    certificate: str | None = Field(None, description="SHA-256 fingerprint of the registered certificate whose key signed it")
+    signer: str | None = Field(None, description="that certificate's subject, when verified")
+
+
 class AlertSubmitted(Payload):
     """An agency's alert, accepted by the gateway (key: thread id)."""
 
     event_type: ClassVar[EventType] = EventType.ALERT_SUBMITTED
     alert: Alert
     submitted_by: str = Field(description="id of the credential that submitted it")
+    cap_signature: CapSignature | None = Field(None, description="a CAP submission: its XML signature as checked")
+    unresolved_references: list[UUID] = Field(
+        [], description="references to the agency's own CAP messages BLOnet never received: the alert starts a thread")
 
 
 class ViewProfile(StrEnum):
@@ -143,6 +163,8 @@ class AlertRouted(Payload):
     kind: str = Field("alert", description="alert, update, cancel or forward: what was decided on")
     forward_id: UUID | None = Field(None, description="the forward decided on, when kind is forward")
     note: str | None = Field(None, description="a sentence about the decision as a whole, e.g. no rule matched")
+    unresolved_references: list[UUID] = Field(
+        [], description="references BLOnet never received (the sender's own earlier CAP messages): the alert starts a thread")
 
 
 class DeliveryRequested(Payload):
@@ -160,6 +182,7 @@ class DeliveryRequested(Payload):
     language: str | None = Field(None, description="the endpoint's preferred language")
     profile: ViewProfile
     body: dict = Field(description="the recipient's view of the alert, as routing shaped it")
+    sign_cap: bool = Field(False, description="format cap: sign the body with the node's CAP key (the endpoint's sign_cap)")
 
 
 class DeliveryState(StrEnum):

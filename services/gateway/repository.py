@@ -104,6 +104,13 @@ async def cap_alert(session: AsyncSession, *, agency: str, sender: str, identifi
         alerts.c.cap["identifier"].astext == identifier, alerts.c.cap["sent"].astext == sent).limit(1))
 
 
+async def thread_naming(session: AsyncSession, *, agency: str, alert_id: UUID) -> UUID | None:
+    """Return the thread of `agency`'s earliest message that named `alert_id` before BLOnet received it, if any."""
+    return await session.scalar(select(alerts.c.thread_id).where(
+        alerts.c.sender_agency == agency, alerts.c.cap["unresolved_references"].contains([str(alert_id)]),
+    ).order_by(alerts.c.received_at).limit(1))
+
+
 async def record_alert(
     session: AsyncSession, *, alert_id: UUID, thread_id: UUID, sender_agency: str, submitted_by: str,
     received_at: datetime, alert: dict, cap: dict | None = None, cap_original: bytes | None = None,

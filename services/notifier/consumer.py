@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from aiokafka.structs import ConsumerRecord
 
-from services.notifier import escalation, repository
+from services.notifier import channels, escalation, repository
 from services.notifier.delivery import Deliverer, count_outcome
 from services.notifier.service import emit_status
 from shared.events import AlertAcknowledged, DeliveryRequested, DeliveryState, Envelope, P, ViewProfile
@@ -51,6 +51,8 @@ def refusal(settings: Settings, req: DeliveryRequested, known: set[str]) -> str 
         return f"unknown channel {req.channel!r}"
     if req.format not in ("json", "cap"):
         return f"unknown format {req.format!r}"
+    if req.sign_cap and channels.node_key(settings) is None:
+        return "the endpoint asks for signed CAP, but this node has no CAP signing key (BLONET_CAP_SIGNING_KEY_FILE)"
     if not url_allowed(settings, target(req)):
         return f"refused address {target(req)!r}: https only (plain http to loopback in development), or mailto"
     return None
@@ -105,7 +107,7 @@ class DeliveryIntake:
                     "state": "failed" if reason else "pending", "reason": reason,
                     "delivery_id": req.delivery_id, "request_event_id": env.event_id, "alert_id": env.alert_id,
                     "thread_id": env.thread_id, "endpoint": req.endpoint, "agency": req.agency, "url": target(req),
-                    "body": req.body, "traceparent": tracing.traceparent_for(env), "format": req.format[:8], "language": req.language,
+                    "body": req.body, "traceparent": tracing.traceparent_for(env), "format": channels.SIGNED_CAP if req.sign_cap and req.format == "cap" else req.format[:8], "language": req.language,
                 })
                 EVENTS_HANDLED.labels("notifier", env.type).inc()
             new = await repository.add_deliveries(session, rows)

@@ -211,7 +211,7 @@ class Deliverer:
         refused = None if email else await egress.check(row["url"], self.allowed)
         if refused:  # no connection made, so no response bytes from the refused host either
             return Outcome(None, error=refused), None
-        body, content_type = channels.render_body(row, self.rt.settings.node_id)
+        body, content_type = channels.render_body(row, self.rt.settings.node_id, channels.node_key(self.rt.settings))
         headers = signed_headers(secrets, str(row["delivery_id"]), body, started, content_type)
         # A CLIENT span per attempt (tracing on), child of the stored context; the recipient gets its traceparent.
         attributes = tracing.attempt_attributes(row, email)
