@@ -71,7 +71,11 @@ def verify(data: bytes, certificates: tuple[str, ...], at: datetime) -> CapSigna
     if not certificates:
         return CapSignature(state=SignatureState.UNKNOWN_SIGNER, reason="no signing certificate is registered for the sender agency")
     registered = [c for pem in certificates for c in load_certificates(pem)]
+    method = signatures[0].find(f"{{{DSIG}}}SignedInfo/{{{DSIG}}}SignatureMethod")
+    algorithm = (method.get("Algorithm") or "") if method is not None else ""
     for cert in registered:
+        if not _fits(cert, algorithm):  # an RSA certificate cannot have made an ECDSA signature, nor the reverse
+            continue
         # Check the key first, at a time the certificate was valid; its validity at `at` comes after.
         config = SignatureConfiguration(location="./", verification_time=cert.not_valid_before_utc)
         try:
@@ -99,6 +103,11 @@ def verify(data: bytes, certificates: tuple[str, ...], at: datetime) -> CapSigna
                             reason="the signature does not match the registered certificate it names (altered signature)")
     return CapSignature(state=SignatureState.UNKNOWN_SIGNER,
                         reason="signed with a key that none of the sender agency's registered certificates holds")
+
+
+def _fits(cert: x509.Certificate, algorithm: str) -> bool:
+    elliptic = isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    return elliptic == ("#ecdsa-" in algorithm) or "#hmac-" in algorithm
 
 
 @dataclass(frozen=True)
