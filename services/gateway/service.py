@@ -418,7 +418,7 @@ async def submit(rt: Runtime, caller: Caller, sub: Submission, *, directory: Act
         mint = new_id
     cap = None if sub.cap is None else {
         "sender": sub.cap.sender, "identifier": sub.cap.identifier, "sent": format_time(sub.cap.sent), "signed": sub.cap.signed,
-        "signature": signature.model_dump(mode="json", exclude_none=True),
+        "signature": signature.model_dump(mode="json"),
         **({"unresolved_references": [str(r) for r in unresolved]} if unresolved else {}),
     }
 
