@@ -143,7 +143,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
     )
     async def submit_alert(request: Request, who: Who, idempotency_key: IdempotencyKey = None, traceparent: Traceparent = None):
         """Submit an alert as BLOnet JSON or CAP 1.2 XML; 202 only once Kafka holds it durably (acks=all)."""
-        sub = service.decode_submission(await request.body(), request.headers.get("content-type"))
+        sub = service.decode_submission(await request.body(), request.headers.get("content-type"), directory.cap_agencies())
         result = await service.submit(rt, who, sub, directory=directory, idempotency_key=idempotency_key, traceparent=traceparent)
         log_context.set({"alert_id": result[1].get("id")})
         return answer(result)

@@ -78,6 +78,10 @@ class ActiveDirectory:
         found = self._agency(agency)
         return (found.cap_signing_certificates, found.require_signed_cap) if found else ((), False)
 
+    def cap_agencies(self) -> dict[str, str]:
+        """The agency each CAP sender the directory lists belongs to."""
+        return {s: a.id for a in self.current.agencies for s in a.cap_senders} if self.current else {}
+
     def own_cap_senders(self, agency: str) -> tuple[str, ...]:
         """The CAP senders the directory lists for `agency` (only these may name messages BLOnet never received)."""
         found = self._agency(agency)

@@ -29,7 +29,9 @@ from services.gateway.schemas import AlertStatus
 from shared import capsig, topics, tracing
 from shared.alerts import Alert
 from shared.auth import Principal, Role
-from shared.cap import CapError, CapMessage, cap_alert_id, format_time, keyed_uuid7, parse_cap, parse_reference, render_cap
+from shared.cap import (
+    CapError, CapMessage, blonet_id, cap_alert_id, format_time, keyed_uuid7, parse_cap, parse_reference, render_cap,
+)
 from shared.events import (
     AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, CapSignature, Envelope, Payload, SignatureState,
 )
@@ -78,8 +80,9 @@ class Submission:
 
 # --- decoding and checking (pure) -------------------------------------------------------------
 
-def decode_submission(body: bytes, content_type: str | None) -> Submission:
-    """Decode a request body as BLOnet JSON or CAP 1.2 XML, by its declared content type."""
+def decode_submission(body: bytes, content_type: str | None, cap_agencies: dict[str, str] | None = None) -> Submission:
+    """Decode a request body as BLOnet JSON or CAP 1.2 XML, by its declared content type
+    (`cap_agencies`: the agency the directory lists each CAP sender for)."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media == JSON:
         try:
@@ -91,11 +94,9 @@ def decode_submission(body: bytes, content_type: str | None) -> Submission:
                            "the body is not valid JSON" if invalid else "the alert does not validate", errors=errors) from None
     if media in CAP_TYPES:
         try:
-            message = parse_cap(body)
+            message = parse_cap(body, cap_agencies)
         except CapError as exc:
             raise ApiError(422, exc.code, str(exc)) from None
-        if message.identifier.startswith("urn:uuid:"):
-            raise ApiError(422, "cap_mapping", "identifiers of the form urn:uuid: are BLOnet's own; choose another identifier")
         return Submission(alert=message.alert, raw=body, cap=message)
     raise ApiError(415, "unsupported_media_type",
                    f"send the alert as {JSON} or application/cap+xml, not {media or 'an undeclared type'}")
@@ -257,12 +258,19 @@ async def resolve_cap(rt: Runtime, caller: Caller, sub: Submission, directory: A
     if problem:
         raise ApiError(403, "wrong_cap_sender", problem)
     async with rt.sessions() as session:
-        async def id_of(sender: str, identifier: str, sent: datetime) -> UUID:
+        async def id_of(sender: str, identifier: str, sent: datetime, *, own: bool = False) -> UUID:
             stored = await repository.cap_alert(session, agency=caller.agency, sender=sender, identifier=identifier,
                                                 sent=format_time(sent))
-            return stored or cap_alert_id(sender, identifier, sent, caller.agency)
+            if stored:
+                return stored
+            # A reference may name an alert BLOnet rendered (urn:uuid:<its id>); a message's own
+            # urn:uuid identifier is just an identifier, hashed like any other (no taking an id).
+            rendered = None if own else blonet_id(identifier)
+            if rendered and await repository.get_alert(session, rendered):
+                return rendered
+            return cap_alert_id(sender, identifier, sent, caller.agency, blonet_ids=False)
 
-        alert_id = await id_of(cap.sender, cap.identifier, cap.sent)
+        alert_id = await id_of(cap.sender, cap.identifier, cap.sent, own=True)
         own, references, unresolved = directory.own_cap_senders(caller.agency), [], []
         for triple in cap.references:
             sender, identifier, sent = parse_reference(triple)

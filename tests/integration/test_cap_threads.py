@@ -1,9 +1,10 @@
-"""CAP Updates and Cancels of messages BLOnet never received (issue 15, point 1), through every service.
+"""CAP as real feeds send it (issue 15, point 1), through every service.
 
 An agency whose CAP senders the directory lists may name its own earlier messages that never came
 through BLOnet: the message starts a thread routed by its own content, the unresolved references are
 shown in status, the routing decision and the audit trail, and a referenced message that arrives later
-joins that thread. References to another agency's messages stay refused.
+joins that thread. References to another agency's messages stay refused. A `urn:uuid:` identifier is
+an identifier like any other, and a sender of any length is accepted once the directory lists it.
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from shared.cap import cap_alert_id, format_time
 from tests.capkeys import make_key as make_signing_key
 from tests.conftest import RUN
 from tests.integration.conftest import make_key
+from tests.integration.test_gateway_edge import FUTURE, cap_xml
 from tests.integration.test_routing import token_for, wait_for
 from tests.security.test_cap_ids import CAP, SENDER, SENT, cap
 
 pytestmark = pytest.mark.stack
 SIGNER = make_signing_key("kg-sbs CAP signer")
+LONG_SENDER = "regional-warning-centre-osh-" + "x" * 48 + "@sbs.gov.kg"  # CAP sets no length; no agency id is that long
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ async def directory_lists_kg_sbs_senders(settings, services):
             active = await r.json()
         content = copy.deepcopy(active["content"])
         sbs = next(a for a in content["directory"]["agencies"] if a["id"] == "kg-sbs")
-        sbs.update(cap_senders=[SENDER], cap_signing_certificates=[SIGNER.certificate_pem.decode()])
+        sbs.update(cap_senders=[SENDER, LONG_SENDER], cap_signing_certificates=[SIGNER.certificate_pem.decode()])
         async with http.put(rules, json=content, headers=operator) as r:
             assert r.status == 200, await r.text()
         try:
@@ -117,3 +120,35 @@ async def test_references_to_another_agencys_messages_stay_refused(settings, dir
         theirs = cap(f"X-{RUN}", msg_type="update", references=[f"kg-customs@customs.gov.kg,THEIRS-{RUN},{format_time(SENT)}"])
         async with http.post(gw, data=theirs, headers=CAP) as r:
             assert (r.status, (await r.json())["code"]) == (422, "unknown_reference")
+
+
+async def test_urn_uuid_identifiers_and_long_listed_senders_are_accepted(settings, directory_lists_kg_sbs_senders):
+    key = await make_key(settings, "kg-sbs", Role.SUBMIT)
+    gw = f"http://127.0.0.1:{settings.gateway_port}/v1/alerts"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        long_one = cap_xml(f"LONG-{RUN}").replace(b"kg-sbs@sbs.gov.kg", LONG_SENDER.encode())
+
+        async def accepted():
+            async with http.post(gw, data=long_one, headers=CAP) as r:
+                return await r.json() if r.status == 202 else None
+
+        answer = await wait_for(accepted)  # cap_unknown_sender until the gateway follows the activation
+        async with http.get(f"{gw}/{answer['id']}") as r:
+            assert (await r.json())["sender_agency"] == "kg-sbs", "the agency that lists the sender, not its local part"
+        unlisted = cap_xml(f"LONG2-{RUN}").replace(b"kg-sbs@sbs.gov.kg", LONG_SENDER.replace("osh", "jalal-abad").encode())
+        async with http.post(gw, data=unlisted, headers=CAP) as r:
+            assert (r.status, (await r.json())["code"]) == (422, "cap_unknown_sender")
+
+        # An existing alert's id as a urn:uuid identifier: a new alert of its own, never that one.
+        async with http.post(gw, json={**FUTURE, "headline": f"JSON {RUN}"}) as r:
+            assert r.status == 202
+            existing = (await r.json())["id"]
+        taker = cap_xml(f"urn:uuid:{existing}", headline=f"urn {RUN}")
+        async with http.post(gw, data=taker, headers=CAP) as r:
+            assert r.status == 202, await r.text()
+            urn = await r.json()
+        assert urn["id"] != existing and urn["cap"]["identifier"] == f"urn:uuid:{existing}"
+        async with http.get(f"{gw}/{existing}") as r:
+            assert (await r.json())["headline"] == f"JSON {RUN}", "the existing alert is untouched"
+        async with http.post(gw, data=taker, headers=CAP) as r:  # the same message again: the same alert
+            assert r.status == 202 and (await r.json())["id"] == urn["id"]
