@@ -91,6 +91,18 @@ async def test_an_update_of_an_unreceived_message_starts_a_thread_that_the_late_
         submitted = await wait_for(logged)
         assert submitted["cap_signature"]["state"] == "verified" and submitted["unresolved_references"] == [missing]
 
+        # The console's alert page shows both.
+        base = f"http://127.0.0.1:{settings.gateway_port}"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as console:
+            async with console.post(f"{base}/console/login", data={"api_key": await make_key(settings, "unodc", Role.OPERATOR)},
+                                    headers={"Origin": base}) as r:
+                assert r.status == 200, await r.text()
+            async with console.get(f"{base}/console/alerts/{answer['id']}", headers={"Accept-Language": "en"}) as r:
+                page = await r.text()
+        assert 'id="cap-signature" class="sig-verified"' in page and "CN=kg-sbs CAP signer" in page
+        assert f"<code>{missing}</code>" in page and "References BLOnet never received" in page
+        assert "starts a thread: it references 1 earlier message(s)" in page, "the routing decision's note"
+
         # The referenced message arrives late: it gets the id the Update named, and joins its thread.
         async with http.post(gw, data=cap(f"EARLY-{RUN}", sent=early_sent), headers=CAP) as r:
             assert r.status == 202, await r.text()
