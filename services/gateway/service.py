@@ -279,7 +279,8 @@ async def resolve_cap(rt: Runtime, caller: Caller, sub: Submission, directory: A
             if sender in own and await repository.get_alert(session, ref) is None:
                 unresolved.append(ref)
         row = await repository.get_alert(session, alert_id)
-        linked = await repository.thread_naming(session, agency=caller.agency, alert_id=alert_id)
+        # Only an agency that lists its CAP senders can have named this message before it arrived.
+        linked = await repository.thread_naming(session, agency=caller.agency, alert_id=alert_id) if own else None
     if row and (row["sender_agency"] != caller.agency or (row["cap"] or {}).get("sender", cap.sender) != cap.sender):
         raise ApiError(409, "cap_id_taken", f"alert {alert_id} was sent by another sender; its original stays as it is")
     return CapResolved(replace(sub, alert=sub.alert.model_copy(update={"references": references})), alert_id,
