@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -28,6 +29,7 @@ P = "blonet:"  # prefix of BLOnet's own parameter, eventCode and geocode names
 MAX_INFO = 8
 MAX_AREAS = 32
 MAX_PARAMETERS = 64
+MAX_AGENCY_ID = 64  # Alert.sender_agency's limit
 MAX_HEADLINE = 200  # CAP sets no limit; a longer headline is shortened (the original bytes keep it whole)
 MAX_TEXT = {"description": 20_000, "instruction": 4_000}  # BLOnet's size limits: cap_too_large beyond
 _BLONET_ID = re.compile(r"^urn:uuid:([0-9a-fA-F-]{36})$")
@@ -65,21 +67,29 @@ class CapMessage:
         return cap_alert_id(self.sender, self.identifier, self.sent)
 
 
-def cap_alert_id(sender: str, identifier: str, sent: datetime, agency: str | None = None) -> uuid.UUID:
+def cap_alert_id(sender: str, identifier: str, sent: datetime, agency: str | None = None, *,
+                 blonet_ids: bool = True) -> uuid.UUID:
     """Return the deterministic UUIDv7 of a CAP (sender, identifier, sent) triple, sent by `agency`.
 
-    A CAP identifier BLOnet issued itself (`urn:uuid:<id>`) maps back to that id; any other
-    triple maps to a UUIDv7 whose timestamp is `sent` and whose other bits hash the agency and the
+    A CAP identifier BLOnet issued itself (`urn:uuid:<id>`) maps back to that id, unless
+    `blonet_ids` is off (a submitted message's own id: other systems use urn:uuid identifiers too);
+    any other triple maps to a UUIDv7 whose timestamp is `sent` and whose other bits hash the agency and the
     triple, so the same message submitted twice always gets the same alert id, and another agency
     submitting the same triple never gets it. Without `agency`: the id before agencies were part
     of it, which alerts stored then keep (the gateway resolves references by agency and triple).
     """
-    own = _BLONET_ID.match(identifier)
+    own = blonet_id(identifier) if blonet_ids else None
     if own:
-        return uuid.UUID(own.group(1))
+        return own
     if agency is None:
         return keyed_uuid7(sent, "cap", sender, identifier, format_time(sent))
     return keyed_uuid7(sent, "cap", agency, sender, identifier, format_time(sent))
+
+
+def blonet_id(identifier: str) -> uuid.UUID | None:
+    """The alert id in an identifier of the form BLOnet renders (`urn:uuid:<id>`), else None."""
+    found = _BLONET_ID.match(identifier)
+    return uuid.UUID(found.group(1)) if found else None
 
 
 def parse_reference(triple: str) -> tuple[str, str, datetime]:
@@ -163,8 +173,11 @@ def parse_xml(data: bytes) -> etree._Element:
     return root
 
 
-def parse_cap(data: bytes) -> CapMessage:
-    """Parse CAP 1.2 XML into BLOnet's model; raise CapError with a reason for anything refused."""
+def parse_cap(data: bytes, agencies: Mapping[str, str] | None = None) -> CapMessage:
+    """Parse CAP 1.2 XML into BLOnet's model; raise CapError with a reason for anything refused.
+
+    `agencies` maps CAP senders to the agencies the directory lists them for (`cap_senders`); a sender
+    it does not list belongs to the agency named by its local part (before `@`)."""
     root = parse_xml(data)
     sender, identifier = _text(root, "sender") or "", _text(root, "identifier") or ""
     for name, value in (("sender", sender), ("identifier", identifier)):
@@ -188,7 +201,7 @@ def parse_cap(data: bytes) -> CapMessage:
         "status": (_text(root, "status") or "Actual").lower(), "msg_type": msg_type.lower(),
         "references": [str(r) for r in refs], "addressees": addresses,
         "tlp": {"Public": Tlp.CLEAR, "Private": Tlp.RED}.get(scope, Tlp.AMBER).value,
-        "sender_agency": sender.split("@", 1)[0],
+        "sender_agency": (agencies or {}).get(sender) or sender.split("@", 1)[0],
     }
     if infos:
         doc.update(_info(infos[0]))
@@ -203,6 +216,9 @@ def parse_cap(data: bytes) -> CapMessage:
         raise CapError("cap_no_info", f"an {msg_type} without <info> carries no alert to route")
     if doc.get("effective") and doc.get("expires") and datetime.fromisoformat(doc["expires"]) < datetime.fromisoformat(doc["effective"]):
         raise CapError("expired", f"the alert expires ({doc['expires']}) before it takes effect ({doc['effective']}); nothing to send")
+    if len(doc["sender_agency"]) > MAX_AGENCY_ID:  # valid CAP, but no agency id is that long: the directory must name it
+        raise CapError("cap_unknown_sender", f"no agency lists the CAP sender {sender[:80]!r} in the directory's cap_senders, "
+                                             f"and its local part is longer than an agency id ({MAX_AGENCY_ID} characters)")
     try:
         alert = Alert.model_validate(doc)
     except ValidationError as exc:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import date
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from cryptography import x509
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from shared.alerts import Category, Tlp, Urgency
 
@@ -44,6 +45,25 @@ class Agency(_Strict):
     )
     may_originate: bool | None = Field(None, description="whether its keys may submit alerts; unset: every agency but observers")
     cap_senders: tuple[str, ...] = Field((), description="the CAP <sender> values only this agency may use; none: any not listed by another")
+    cap_signing_certificates: tuple[str, ...] = Field(
+        (), description="PEM certificates whose keys sign this agency's CAP messages; none: signatures are unknown_signer")
+    require_signed_cap: bool = Field(False, description="refuse this agency's CAP messages unless their signature is verified")
+
+    @field_validator("cap_signing_certificates")
+    @classmethod
+    def _pem(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, pem in enumerate(value):
+            try:
+                x509.load_pem_x509_certificates(pem.encode())
+            except ValueError:
+                raise ValueError(f"cap_signing_certificates[{i}] is not a PEM certificate") from None
+        return value
+
+    @model_validator(mode="after")
+    def _signing(self) -> Agency:
+        if self.require_signed_cap and not self.cap_signing_certificates:
+            raise ValueError(f"agency {self.id}: require_signed_cap needs cap_signing_certificates")
+        return self
 
     @property
     def originates(self) -> bool:
@@ -55,8 +75,9 @@ class Agency(_Strict):
         doc = handler(self)
         if self.may_originate is None:
             doc.pop("may_originate", None)
-        if not self.cap_senders:
-            doc.pop("cap_senders", None)
+        for name in ("cap_senders", "cap_signing_certificates", "require_signed_cap"):
+            if not getattr(self, name):
+                doc.pop(name, None)
         return doc
 
 
@@ -91,12 +112,15 @@ class Endpoint(_Strict):
     format: str = Field("json", pattern="^(json|cap)$")
     language: str = "ru"
     in_order: bool = Field(True, description="one request in flight, in order; false: up to BLONET_ENDPOINT_WINDOW at once")
+    sign_cap: bool = Field(False, description="CAP deliveries carry the node's XML signature (format cap only)")
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        doc = handler(self)  # left out when default, so a directory written before it keeps its version hash
+        doc = handler(self)  # left out when default, so a directory written before they existed keeps its version hash
         if self.in_order:
             doc.pop("in_order", None)
+        if not self.sign_cap:
+            doc.pop("sign_cap", None)
         return doc
 
     @model_validator(mode="after")
@@ -105,6 +129,8 @@ class Endpoint(_Strict):
             raise ValueError(f"endpoint {self.id}: a webhook endpoint needs a url")
         if self.channel is Channel.EMAIL and not self.email:
             raise ValueError(f"endpoint {self.id}: an e-mail endpoint needs an email address")
+        if self.sign_cap and self.format != "cap":
+            raise ValueError(f"endpoint {self.id}: sign_cap needs format cap")
         return self
 
 

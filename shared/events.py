@@ -116,6 +116,23 @@ class CapOrigin(BaseModel):
     signed: bool = False
 
 
+class SignatureState(StrEnum):
+    """What the gateway found of a CAP message's XML signature (docs/api.md, "Signed CAP")."""
+
+    UNSIGNED = "unsigned"
+    VERIFIED = "verified"
+    INVALID = "invalid"
+    UNKNOWN_SIGNER = "unknown_signer"
+
+
+class CapSignature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state: SignatureState
+    reason: str | None = Field(None, description="why it is not verified")
+    certificate: str | None = Field(None, description="SHA-256 fingerprint of the registered certificate whose key signed it")
+    signer: str | None = Field(None, description="that certificate's subject, when verified")
+
+
 class AlertSubmitted(Payload):
     """An agency's alert, accepted by the gateway (key: thread id)."""
 
@@ -126,6 +143,9 @@ class AlertSubmitted(Payload):
     # event itself, so the accept path writes nothing to the database. Audit keeps neither.
     cap: CapOrigin | None = Field(None, description="CAP submissions: sender, identifier, sent, signed")
     cap_original: Base64Bytes | None = Field(None, description="CAP submissions: the document byte for byte (base64)")
+    cap_signature: CapSignature | None = Field(None, description="a CAP submission: its XML signature as checked")
+    unresolved_references: list[UUID] = Field(
+        [], description="references to the agency's own CAP messages BLOnet never received: the alert starts a thread")
 
 
 class ViewProfile(StrEnum):
@@ -164,6 +184,8 @@ class AlertRouted(Payload):
     kind: str = Field("alert", description="alert, update, cancel or forward: what was decided on")
     forward_id: UUID | None = Field(None, description="the forward decided on, when kind is forward")
     note: str | None = Field(None, description="a sentence about the decision as a whole, e.g. no rule matched")
+    unresolved_references: list[UUID] = Field(
+        [], description="references BLOnet never received (the sender's own earlier CAP messages): the alert starts a thread")
 
 
 class DeliveryRequested(Payload):
@@ -181,6 +203,7 @@ class DeliveryRequested(Payload):
     language: str | None = Field(None, description="the endpoint's preferred language")
     profile: ViewProfile
     body: dict = Field(description="the recipient's view of the alert, as routing shaped it")
+    sign_cap: bool = Field(False, description="format cap: sign the body with the node's CAP key (the endpoint's sign_cap)")
 
 
 class DeliveryState(StrEnum):

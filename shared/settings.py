@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = 900
 
     network_dir: Path = REPO / "deploy" / "network"
+    # The node's CAP signing key and certificate (PEM): outgoing CAP (?format=cap, endpoints with
+    # sign_cap) carries its XML signature; GET /v1/node/cap-certificate serves the certificate. Unset: unsigned.
+    cap_signing_key_file: Path | None = None
+    cap_signing_certificate_file: Path | None = None
 
     # Audit: the checkpoint signing key (`blonet audit keygen`); unset: beside the token key,
     # generated on first start outside production. The origin names the log in its checkpoints.

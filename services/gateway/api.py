@@ -25,6 +25,7 @@ from shared import langtag
 from shared.alerts import Category, MsgType, Severity, Status
 from shared.auth import hash_api_key, issue_token, split_api_key
 from shared.cap import MEDIA_TYPE as CAP
+from shared.capsig import NodeKey
 from shared.metrics import ALERTS_REJECTED
 from shared.observability import log_context
 from shared.service import Runtime
@@ -127,6 +128,7 @@ def streamer(slots: StreamSlots):
 def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, directory: ActiveDirectory, rows: AlertRows) -> APIRouter:
     api = APIRouter(prefix="/v1")
     stream = streamer(slots)
+    node_key = NodeKey.load(rt.settings.cap_signing_key_file, rt.settings.cap_signing_certificate_file)
     Who = Annotated[Caller, Depends(authenticate)]
     IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
                                                   description="makes retries safe: same key + same body → the original answer")]
@@ -142,7 +144,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
     )
     async def submit_alert(request: Request, who: Who, idempotency_key: IdempotencyKey = None, traceparent: Traceparent = None):
         """Submit an alert as BLOnet JSON or CAP 1.2 XML; 202 only once Kafka holds it durably (acks=all)."""
-        sub = service.decode_submission(await request.body(), request.headers.get("content-type"))
+        sub = service.decode_submission(await request.body(), request.headers.get("content-type"), directory.cap_agencies())
         result = await service.submit(rt, rows, who, sub, directory=directory, idempotency_key=idempotency_key, traceparent=traceparent)
         log_context.set({"alert_id": result[1].get("id")})
         return answer(result)
@@ -177,7 +179,7 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
         """Return the alert's progress as this caller may see it (senders: every recipient and denial)."""
         found = await service.visible_or_404(rt, rows, who, alert_id)
         if format == "cap":
-            return Response(service.cap_document(found, original=original, language=language), media_type=CAP)
+            return Response(service.cap_document(found, original=original, language=language, node_key=node_key), media_type=CAP)
         return Response(service.dumps(await service.status_view(rt, found)), media_type="application/json")
 
     @api.get(
@@ -213,6 +215,15 @@ def router(rt: Runtime, authenticate, hub: FlowHub, slots: StreamSlots, director
             rt, rows, who, alert_id, to=body.to, comment=body.comment, unit=body.unit,
             raw=body.model_dump_json().encode(), idempotency_key=idempotency_key, traceparent=traceparent,
             directory=directory))
+
+    @api.get("/node/cap-certificate", responses={404: {"model": Problem}, 200: {
+        "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
+        "description": "the PEM certificate whose key signs the CAP this node sends"}})
+    async def cap_certificate() -> Response:
+        """The node's CAP signing certificate, so receivers can verify the signed CAP it sends (no key needed)."""
+        if node_key is None:
+            raise ApiError(404, "no_cap_certificate", "this node does not sign the CAP it sends (no signing key configured)")
+        return Response(node_key.certificate_pem, media_type="application/x-pem-file")
 
     @api.post("/auth/token", response_model=Token, responses=_problems(401, 429))
     async def exchange_token(who: Who) -> Token:

@@ -45,7 +45,9 @@ class Batch:
             self.alerts.setdefault(aid, repository.alert_row(
                 alert_id=aid, thread_id=env.thread_id, sender_agency=sub.alert.sender_agency, submitted_by=sub.submitted_by,
                 received_at=env.occurred_at, alert=sub.alert.model_dump(mode="json"),
-                cap=sub.cap.model_dump() if sub.cap else None, cap_original=sub.cap_original,
+                cap=repository.cap_column(sub.cap.model_dump(), sub.cap_signature and sub.cap_signature.model_dump(mode="json"),
+                                                   sub.unresolved_references) if sub.cap else None,
+                cap_original=sub.cap_original,
                 trace_id=trace_id_of(env.traceparent)))
         elif env.type is EventType.ALERT_ROUTED:
             decision = env.payload_as(AlertRouted)

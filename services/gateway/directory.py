@@ -71,6 +71,23 @@ class ActiveDirectory:
         """Why `agency` may not send CAP as `sender` (another agency's, or not one of its own), or None."""
         return self.current.cap_sender_problem(agency, sender) if self.current else None
 
+    def _agency(self, agency: str):
+        return next((a for a in self.current.agencies if a.id == agency), None) if self.current else None
+
+    def cap_signing(self, agency: str) -> tuple[tuple[str, ...], bool]:
+        """The certificates (PEM) `agency`'s CAP signatures are checked against, and whether it must sign."""
+        found = self._agency(agency)
+        return (found.cap_signing_certificates, found.require_signed_cap) if found else ((), False)
+
+    def cap_agencies(self) -> dict[str, str]:
+        """The agency each CAP sender the directory lists belongs to."""
+        return {s: a.id for a in self.current.agencies for s in a.cap_senders} if self.current else {}
+
+    def own_cap_senders(self, agency: str) -> tuple[str, ...]:
+        """The CAP senders the directory lists for `agency` (only these may name messages BLOnet never received)."""
+        found = self._agency(agency)
+        return found.cap_senders if found else ()
+
     async def follow(self, stopping: asyncio.Event) -> None:
         """Read routing.rules from its start and keep following it; no consumer group, no offsets."""
         consumer = make_consumer(self.settings, enable_auto_commit=False)

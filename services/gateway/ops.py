@@ -105,7 +105,7 @@ def summarize(alert: dict, rows: list[dict]) -> dict:
         "urgency": doc.get("urgency"), "tlp": doc.get("tlp"), "headline": doc.get("headline"),
         "msg_type": doc.get("msg_type", "alert"), "status": doc.get("status"), "trace_id": alert["trace_id"],
         "ruleset_hash": routing.get("ruleset_hash"), "state": overall_state(alert, [p["state"] for p in people]),
-        "recipients": people, "denied": routing.get("denied", []),
+        "recipients": people, "denied": routing.get("denied", []), "cap": alert.get("cap"),
     }
 
 

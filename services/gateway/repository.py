@@ -196,6 +196,19 @@ WHERE recipients.attempts <= EXCLUDED.attempts
 PROJECTION_STATEMENTS = (INSERT_ALERTS, SET_ROUTING, MERGE_FORWARD_DENIALS, UPSERT_ROUTED, UPSERT_VIEWS, UPSERT_DELIVERIES)
 
 
+async def thread_naming(session: AsyncSession, *, agency: str, alert_id: UUID) -> UUID | None:
+    """Return the thread of `agency`'s earliest message that named `alert_id` before BLOnet received it, if any."""
+    return await session.scalar(select(alerts.c.thread_id).where(
+        alerts.c.sender_agency == agency, alerts.c.cap["unresolved_references"].contains([str(alert_id)]),
+    ).order_by(alerts.c.received_at).limit(1))
+
+
+
+def cap_column(origin: dict, signature: dict | None, unresolved: list) -> dict:
+    """The alerts.cap document: the CAP origin, its signature as checked and any unresolved references."""
+    return {**origin, "signature": signature, **({"unresolved_references": [str(r) for r in unresolved]} if unresolved else {})}
+
+
 def _columns(rows: list[dict]) -> dict[str, list]:
     """Rows of one statement as one list per column (what unnest takes)."""
     return {name: [r[name] for r in rows] for name in rows[0]}

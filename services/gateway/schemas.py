@@ -7,7 +7,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.alerts import Line, Text
-from shared.events import AckStatus, Denial
+from shared.events import AckStatus, CapSignature, Denial
 
 
 class Problem(BaseModel):
@@ -23,6 +23,10 @@ class CapOrigin(BaseModel):
     identifier: str
     sent: str
     signed: bool = Field(description="the CAP document carried an XML signature (kept intact in the original)")
+    signature: CapSignature | None = Field(None, description="that signature as checked against the sender agency's registered "
+                                           "certificates (absent: accepted before signatures were checked)")
+    unresolved_references: list[UUID] = Field([], description="references to the agency's own CAP messages BLOnet never "
+                                              "received: this message started its thread")
 
 
 class Accepted(BaseModel):

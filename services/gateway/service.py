@@ -27,11 +27,15 @@ from services.gateway.directory import ActiveDirectory, DirectoryUnavailable
 from services.gateway.lookup import AlertRows
 from services.gateway.ops import FlowHub
 from services.gateway.schemas import AlertStatus
-from shared import topics, tracing
+from shared import capsig, topics, tracing
 from shared.alerts import Alert
 from shared.auth import Principal, Role
-from shared.cap import CapError, CapMessage, cap_alert_id, format_time, keyed_uuid7, parse_cap, parse_reference, render_cap
-from shared.events import AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, CapOrigin, Envelope, Payload
+from shared.cap import (
+    CapError, CapMessage, blonet_id, cap_alert_id, format_time, keyed_uuid7, parse_cap, parse_reference, render_cap,
+)
+from shared.events import (
+    AckStatus, AlertAcknowledged, AlertForwarded, AlertSubmitted, CapOrigin, CapSignature, Envelope, Payload, SignatureState,
+)
 from shared.ids import derived_id, new_id
 from shared.kafka import send
 from shared.metrics import ALERTS_ACCEPTED
@@ -77,8 +81,9 @@ class Submission:
 
 # --- decoding and checking (pure) -------------------------------------------------------------
 
-def decode_submission(body: bytes, content_type: str | None) -> Submission:
-    """Decode a request body as BLOnet JSON or CAP 1.2 XML, by its declared content type."""
+def decode_submission(body: bytes, content_type: str | None, cap_agencies: dict[str, str] | None = None) -> Submission:
+    """Decode a request body as BLOnet JSON or CAP 1.2 XML, by its declared content type
+    (`cap_agencies`: the agency the directory lists each CAP sender for)."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media == JSON:
         try:
@@ -90,11 +95,9 @@ def decode_submission(body: bytes, content_type: str | None) -> Submission:
                            "the body is not valid JSON" if invalid else "the alert does not validate", errors=errors) from None
     if media in CAP_TYPES:
         try:
-            message = parse_cap(body)
+            message = parse_cap(body, cap_agencies)
         except CapError as exc:
             raise ApiError(422, exc.code, str(exc)) from None
-        if message.identifier.startswith("urn:uuid:"):
-            raise ApiError(422, "cap_mapping", "identifiers of the form urn:uuid: are BLOnet's own; choose another identifier")
         return Submission(alert=message.alert, raw=body, cap=message)
     raise ApiError(415, "unsupported_media_type",
                    f"send the alert as {JSON} or application/cap+xml, not {media or 'an undeclared type'}")
@@ -211,17 +214,20 @@ async def visible_or_404(rt: Runtime, rows: AlertRows, caller: Caller, alert_id:
     return found
 
 
-async def resolve_thread(rt: Runtime, rows: AlertRows, caller: Caller, alert: Alert) -> UUID | None:
+async def resolve_thread(rt: Runtime, rows: AlertRows, caller: Caller, alert: Alert, unresolved: tuple[UUID, ...] = ()) -> UUID | None:
     """Return the thread a message referencing earlier alerts joins, refusing references the caller never saw.
 
     Only the sender agency may attach messages to its thread, whatever their msg_type: a message
     joining another agency's thread would reach its recipients as if named explicitly. A
-    recipient replies by forward or acknowledgement.
+    recipient replies by forward or acknowledgement. `unresolved` references (the agency's own
+    CAP messages BLOnet never received, see `resolve_cap`) are skipped: with none resolved, the
+    message starts its own thread. A message that such a thread named arrives late: it joins it.
     """
-    if not alert.references:
+    resolved = [ref for ref in alert.references if ref not in unresolved]
+    if not resolved:
         return None
     threads = []
-    for ref in alert.references:
+    for ref in resolved:
         row = await rows.get(ref)  # an alert accepted just before, maybe on another instance, counts
         async with rt.sessions() as session:
             seen = await visible(session, caller, row)
@@ -234,30 +240,75 @@ async def resolve_thread(rt: Runtime, rows: AlertRows, caller: Caller, alert: Al
     return threads[0]
 
 
-async def resolve_cap(rt: Runtime, rows: AlertRows, caller: Caller, sub: Submission,
-                      directory: ActiveDirectory) -> tuple[Submission, UUID]:
+@dataclass(frozen=True)
+class CapResolved:
+    sub: Submission
+    alert_id: UUID
+    unresolved: tuple[UUID, ...]  # references to the agency's own CAP messages BLOnet never received
+    linked_thread: UUID | None  # the thread an earlier message started by naming this one, unreceived
+
+
+async def resolve_cap(rt: Runtime, rows: AlertRows, caller: Caller, sub: Submission, directory: ActiveDirectory) -> CapResolved:
     """Tie a CAP message to the caller's agency: refuse another agency's sender, and give the message
     and its references the ids of what this agency sent as (sender, identifier, sent).
 
     Ids hash the agency with the triple, so no agency can claim another's; messages stored before
-    that keep the ids they have, since a triple resolves to the stored message first.
+    that keep the ids they have, since a triple resolves to the stored message first. A reference
+    BLOnet never received is unresolved (not refused) when its sender is one of the caller's own
+    CAP senders in the directory: the message it names gets that same id if it arrives later.
     """
     cap = sub.cap
     problem = directory.cap_sender_problem(caller.agency, cap.sender)
     if problem:
         raise ApiError(403, "wrong_cap_sender", problem)
     async with rt.sessions() as session:
-        async def id_of(sender: str, identifier: str, sent: datetime) -> UUID:
+        async def id_of(sender: str, identifier: str, sent: datetime, *, own: bool = False) -> UUID:
             stored = await repository.cap_alert(session, agency=caller.agency, sender=sender, identifier=identifier,
                                                 sent=format_time(sent))
-            return stored or cap_alert_id(sender, identifier, sent, caller.agency)
+            if stored:
+                return stored
+            # A reference may name an alert BLOnet rendered (urn:uuid:<its id>); a message's own
+            # urn:uuid identifier is just an identifier, hashed like any other (no taking an id).
+            rendered = None if own else blonet_id(identifier)
+            if rendered and await repository.get_alert(session, rendered):
+                return rendered
+            return cap_alert_id(sender, identifier, sent, caller.agency, blonet_ids=False)
 
-        alert_id = await id_of(cap.sender, cap.identifier, cap.sent)
-        references = [await id_of(*parse_reference(triple)) for triple in cap.references]
+        alert_id = await id_of(cap.sender, cap.identifier, cap.sent, own=True)
+        own, references, candidates = directory.own_cap_senders(caller.agency), [], []
+        for triple in cap.references:
+            sender, identifier, sent = parse_reference(triple)
+            ref = await id_of(sender, identifier, sent)
+            references.append(ref)
+            if sender in own:
+                candidates.append(ref)
+        # Only an agency that lists its CAP senders can have named this message before it arrived.
+        linked = await repository.thread_naming(session, agency=caller.agency, alert_id=alert_id) if own else None
+    # Unresolved: not stored, and not accepted just now on this or (waiting, bounded) another instance.
+    unresolved = [ref for ref in candidates if await rows.get(ref) is None]
     row = await rows.get(alert_id, wait=False)
     if row and (row["sender_agency"] != caller.agency or (row["cap"] or {}).get("sender", cap.sender) != cap.sender):
         raise ApiError(409, "cap_id_taken", f"alert {alert_id} was sent by another sender; its original stays as it is")
-    return replace(sub, alert=sub.alert.model_copy(update={"references": references})), alert_id
+    return CapResolved(replace(sub, alert=sub.alert.model_copy(update={"references": references})), alert_id,
+                       tuple(dict.fromkeys(unresolved)), linked)
+
+
+SIGNATURE_REFUSALS = {
+    SignatureState.UNSIGNED: "cap_unsigned", SignatureState.INVALID: "cap_signature_invalid",
+    SignatureState.UNKNOWN_SIGNER: "cap_unknown_signer",
+}
+
+
+def check_signature(directory: ActiveDirectory, caller: Caller, sub: Submission, at: datetime) -> CapSignature:
+    """Check a CAP message's XML signature against the sender agency's registered certificates (valid at `at`);
+    refuse anything but `verified` when the directory requires its CAP messages signed."""
+    certificates, required = directory.cap_signing(caller.agency)
+    found = capsig.verify(sub.raw, certificates, at)
+    if required and found.state is not SignatureState.VERIFIED:
+        why = f": {found.reason}" if found.reason else ""
+        raise ApiError(422, SIGNATURE_REFUSALS[found.state], f"the directory requires {caller.agency}'s CAP messages to carry a "
+                                                             f"signature it verifies; this one is {found.state.value}{why}")
+    return found
 
 
 # --- idempotent production ----------------------------------------------------------------------
@@ -374,9 +425,13 @@ async def submit(rt: Runtime, rows: AlertRows, caller: Caller, sub: Submission, 
     check_submission(sub, caller, now=now, reject_expired=rt.settings.reject_expired_alerts)
     check_originator(directory, caller)
     sub, dropped = check_names(directory, sub)
+    signature, unresolved, linked = None, (), None
     if sub.cap is not None:
-        sub, cap_id = await resolve_cap(rt, rows, caller, sub, directory)
-    thread = await resolve_thread(rt, rows, caller, sub.alert)
+        resolved = await resolve_cap(rt, rows, caller, sub, directory)
+        sub, cap_id, unresolved, linked = resolved.sub, resolved.alert_id, resolved.unresolved, resolved.linked_thread
+        # A certificate must be valid when the message arrives; replaying old traffic, when it was sent.
+        signature = check_signature(directory, caller, sub, now if rt.settings.reject_expired_alerts else sub.cap.sent)
+    thread = await resolve_thread(rt, rows, caller, sub.alert, unresolved) or linked
     key = idempotency_key
     if sub.cap is not None:
         key = key or f"cap:{sub.cap.sender},{sub.cap.identifier},{format_time(sub.cap.sent)}"
@@ -385,14 +440,16 @@ async def submit(rt: Runtime, rows: AlertRows, caller: Caller, sub: Submission, 
         mint = lambda: keyed_uuid7(now, "json", caller.agency, key)  # noqa: E731
     else:
         mint = new_id
-    cap = None if sub.cap is None else {
-        "sender": sub.cap.sender, "identifier": sub.cap.identifier, "sent": format_time(sub.cap.sent), "signed": sub.cap.signed,
-    }
+    cap = None if sub.cap is None else repository.cap_column(
+        {"sender": sub.cap.sender, "identifier": sub.cap.identifier, "sent": format_time(sub.cap.sent), "signed": sub.cap.signed},
+        signature.model_dump(mode="json"), list(unresolved))
 
     async def accept(alert_id: UUID) -> tuple[int, dict, None]:
         thread_id = thread or alert_id
         original = sub.raw if sub.cap else None
-        payload = AlertSubmitted(alert=sub.alert, submitted_by=caller.key_id, cap=cap and CapOrigin(**cap), cap_original=original)
+        origin = cap and CapOrigin(**{k: cap[k] for k in ("sender", "identifier", "sent", "signed")})
+        payload = AlertSubmitted(alert=sub.alert, submitted_by=caller.key_id, cap=origin, cap_original=original,
+                                 cap_signature=signature, unresolved_references=list(unresolved))
         env = _wrap(rt, payload, alert_id=alert_id, thread_id=thread_id, event_id=derived_id(alert_id, "submitted"),
                     traceparent=traceparent)
         await produce(rt, topics.ALERTS_SUBMITTED.name, thread_id, env)
@@ -512,8 +569,9 @@ def _forward(f: dict) -> dict:
             "forwarded_at": f["forwarded_at"]}
 
 
-def cap_document(found: Visible, *, original: bool, language: str | None) -> bytes:
-    """Render the alert as the caller may see it as CAP 1.2 (or the sender's original bytes)."""
+def cap_document(found: Visible, *, original: bool, language: str | None, node_key: capsig.NodeKey | None = None) -> bytes:
+    """Render the alert as the caller may see it as CAP 1.2, signed with the node's key if it has one
+    (or the sender's original bytes, its own signature intact)."""
     row = found.row
     if original:
         if found.relation == "recipient" or row["cap_original"] is None:
@@ -527,8 +585,10 @@ def cap_document(found: Visible, *, original: bool, language: str | None) -> byt
         views = [r["view"] for r in found.mine if r["view"]]
         if not views:
             raise ApiError(409, "view_pending", "your view of this alert is not routed yet; retry shortly", headers={"Retry-After": "1"})
-        return render_cap(views[0], sender=sender, identifier=identifier, sent=sent, language=language)
-    return render_cap({"alert": row["alert"]}, sender=sender, identifier=identifier, sent=sent, language=language)
+        document = render_cap(views[0], sender=sender, identifier=identifier, sent=sent, language=language)
+    else:
+        document = render_cap({"alert": row["alert"]}, sender=sender, identifier=identifier, sent=sent, language=language)
+    return node_key.sign(document) if node_key else document
 
 
 def dumps(value: object) -> bytes:

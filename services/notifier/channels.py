@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 from email.message import EmailMessage
+from functools import lru_cache
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -17,6 +19,7 @@ from services.notifier import egress
 from services.notifier.retry import RETRY_AFTER_STATUSES, Outcome, parse_retry_after
 from shared.cap import MEDIA_TYPE as CAP_MEDIA_TYPE
 from shared.cap import render_cap
+from shared.capsig import NodeKey
 from shared.langtag import lookup
 from shared.settings import Settings
 
@@ -40,12 +43,29 @@ def localised(view: dict, language: str | None) -> dict:
     return {**view, "alert": {**alert, **{k: v for k, v in found.items() if v is not None}, "translations": others}}
 
 
-def render_body(row: dict, node_id: str) -> tuple[str, str]:
+SIGNED_CAP = "cap-sig"  # a delivery's format when its endpoint has sign_cap: CAP with the node's XML signature
+
+
+def node_key(settings: Settings) -> NodeKey | None:
+    """The node's CAP signing key, read once per pair of files (None: not configured)."""
+    return _node_key(settings.cap_signing_key_file, settings.cap_signing_certificate_file)
+
+
+@lru_cache(maxsize=4)
+def _node_key(key_file: Path | None, certificate_file: Path | None) -> NodeKey | None:
+    return NodeKey.load(key_file, certificate_file)
+
+
+def render_body(row: dict, node_id: str, key: NodeKey | None = None) -> tuple[str, str]:
     """Return (body, content type) of a delivery in the endpoint's format; the same on every retry."""
     view = localised(row["body"], row.get("language"))
-    if row.get("format") == "cap" and isinstance(view.get("alert"), dict):
+    if row.get("format") in ("cap", SIGNED_CAP) and isinstance(view.get("alert"), dict):
         xml = render_cap(view, sender=node_id, identifier=f"urn:uuid:{row['alert_id']}", sent=row["created_at"],
                          language=row.get("language"))
+        if row["format"] == SIGNED_CAP:
+            if key is None:
+                raise ValueError("signed CAP asked for, but this node has no CAP signing key")
+            xml = key.sign(xml)
         return xml.decode(), CAP_MEDIA_TYPE
     return orjson.dumps(view).decode(), "application/json"
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from services.notifier import escalation, repository
+from services.notifier import channels, escalation, repository
 from services.notifier.dispatch import Dispatcher, Item
 from services.notifier.models import deliveries
 from shared.events import AlertAcknowledged, DeliveryRequested, Envelope, P, ViewProfile
@@ -54,6 +54,8 @@ def refusal(settings: Settings, req: DeliveryRequested, known: set[str]) -> str 
         return f"unknown channel {req.channel!r}"
     if req.format not in ("json", "cap"):
         return f"unknown format {req.format!r}"
+    if req.sign_cap and channels.node_key(settings) is None:
+        return "the endpoint asks for signed CAP, but this node has no CAP signing key (BLONET_CAP_SIGNING_KEY_FILE)"
     if not url_allowed(settings, target(req)):
         return f"refused address {target(req)!r}: https only (plain http to loopback in development), or mailto"
     return None
@@ -131,7 +133,7 @@ class DeliveryIntake:
                 "state": "failed" if reason else "pending", "reason": reason, "attempts": 0, "schedule_start": 0,
                 "delivery_id": req.delivery_id, "request_event_id": env.event_id, "alert_id": env.alert_id,
                 "thread_id": env.thread_id, "endpoint": req.endpoint, "agency": req.agency, "url": target(req),
-                "body": req.body, "traceparent": tracing.traceparent_for(env), "format": req.format[:8],
+                "body": req.body, "traceparent": tracing.traceparent_for(env), "format": channels.SIGNED_CAP if req.sign_cap and req.format == "cap" else req.format[:8],
                 "language": req.language, "due_at": now, "created_at": now, "finished_at": now if reason else None,
             }
             problem = unstorable(row)

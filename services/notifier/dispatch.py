@@ -349,7 +349,7 @@ class Dispatcher:
         refused = None if email else await egress.check(row["url"], self.allowed)
         if refused:  # no connection made, so no response bytes from the refused host either
             return Outcome(None, error=refused), None
-        body, content_type = channels.render_body(row, self.s.node_id)
+        body, content_type = channels.render_body(row, self.s.node_id, channels.node_key(self.s))
         state = self.endpoints.get(row["endpoint"])
         secrets = repository.signing_secrets(state, started) if state and state.get("secret") else []
         headers = signed_headers(secrets, str(row["delivery_id"]), body, started, content_type)

@@ -66,7 +66,7 @@ class RoutingHandler:
             request = DeliveryRequested(
                 delivery_id=derived_id(cause.event_id, "delivery", r.endpoint), endpoint=r.endpoint,
                 agency=r.agency, unit=r.unit, channel=endpoint.channel.value, url=endpoint.url, email=endpoint.email,
-                format=endpoint.format, language=endpoint.language, profile=r.profile,
+                format=endpoint.format, language=endpoint.language, profile=r.profile, sign_cap=endpoint.sign_cap,
                 body=view(alert, r, alert_id=aid, thread_id=tid, sent_at=cause.occurred_at, forwarded_by=forwarded_by),
             )
             env = Envelope.wrap(request, origin_node=node, alert_id=aid, thread_id=tid, cause=routed,
@@ -87,9 +87,11 @@ class RoutingHandler:
             alert, stored = thread.original, None
             by = {"agency": forward.agency, "unit": forward.unit, "comment": forward.comment}
         else:
-            alert = cause.payload_as(AlertSubmitted).alert
+            submitted = cause.payload_as(AlertSubmitted)
+            alert = submitted.alert
             thread = thread_of(thread_rows, cause.thread_id) if needs_thread(cause) else Thread()
-            decision, stored, by = decide(alert, thread, net, now), alert.model_dump(mode="json"), None
+            decision = decide(alert, thread, net, now, unresolved=submitted.unresolved_references)
+            stored, by = alert.model_dump(mode="json"), None
         produced = self.outputs(cause, decision, alert, net, by)  # no alert → no recipients, only the decision
         row = repository.decision_row(event_id=produced[0][2].event_id, alert_id=cause.alert_id, thread_id=cause.thread_id,
                                       alert=stored, decision=decision, decided_at=now)

@@ -150,8 +150,24 @@ def _collect(outcomes: list[Recipient | Denial], kind: str, net: Compiled, note:
                        kind=kind, forward_id=forward_id, note=note)
 
 
-def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive: bool = False) -> AlertRouted:
-    """Return who receives the alert, in which view, and who was denied and why."""
+def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive: bool = False,
+           unresolved: tuple[UUID, ...] | list[UUID] = ()) -> AlertRouted:
+    """Return who receives the alert, in which view, and who was denied and why.
+
+    `unresolved`: references to the sender's own messages BLOnet never received (the gateway
+    accepted them as such). With no earlier message of the thread at hand, the alert starts the
+    thread: an update or a cancel is routed by its own content, like an alert, and says so.
+    """
+    decision = _decide(alert, thread, net, now, naive=naive, starts_thread=bool(unresolved) and not thread.recipients)
+    if not unresolved:
+        return decision
+    said = (f"starts a thread: it references {len(unresolved)} earlier message(s) of {alert.sender_agency} that BLOnet "
+            "never received" + (", so it is routed by its own content" if not thread.recipients else ""))
+    return decision.model_copy(update={"unresolved_references": list(unresolved),
+                                       "note": f"{said}; {decision.note}" if decision.note else said})
+
+
+def _decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive: bool, starts_thread: bool) -> AlertRouted:
     kind = alert.msg_type.value
     sender = net.agencies.get(alert.sender_agency)
     if sender is None:
@@ -164,7 +180,7 @@ def decide(alert: Alert, thread: Thread, net: Compiled, now: datetime, *, naive:
     if owner != sender.id:  # a recipient replies by forward or ack; its own message may not widen the thread
         return _collect([], kind, net, note=f"only {owner}, the thread's sender agency, may add to its thread: routed to no one")
     prior = _prior(net, thread)
-    if alert.msg_type is MsgType.CANCEL:  # a cancel reaches only those who hold the thread, shaped from its own content
+    if alert.msg_type is MsgType.CANCEL and not starts_thread:  # it reaches only those who hold the thread, shaped from its content
         return _collect([admit(alert, sender, c, net, now, {}) for c in prior], kind, net,
                         note=None if prior else "nobody received this thread: nothing to cancel")
     keys = alert_keys(alert, sender)

@@ -58,7 +58,19 @@ def test_the_alert_id_is_derived_from_the_cap_triple():
     assert first.alert_id.version == 7
     assert cap_alert_id("x", "y", SENT) != first.alert_id
     own = UUID("0190a000-0000-7000-8000-000000000001")
-    assert cap_alert_id("anyone", f"urn:uuid:{own}", SENT) == own
+    assert cap_alert_id("anyone", f"urn:uuid:{own}", SENT) == own, "a reference to an alert BLOnet rendered"
+    hashed = cap_alert_id("anyone", f"urn:uuid:{own}", SENT, "kg-sbs", blonet_ids=False)
+    assert hashed != own and hashed == cap_alert_id("anyone", f"urn:uuid:{own}", SENT, "kg-sbs", blonet_ids=False)
+
+
+def test_a_sender_is_the_agency_the_directory_lists_it_for_else_its_local_part():
+    long_sender = "regional-warning-centre-" + "x" * 50 + "@example.org"  # valid CAP: the standard sets no length
+    data = cap(ALERT).replace(b"kg-sbs@sbs.gov.kg", long_sender.encode())
+    with pytest.raises(CapError) as err:
+        parse_cap(data)
+    assert err.value.code == "cap_unknown_sender" and "cap_senders" in str(err.value)
+    assert parse_cap(data, {long_sender: "kg-sbs"}).alert.sender_agency == "kg-sbs"
+    assert parse_cap(cap(ALERT), {"other@x": "uz-sbs"}).alert.sender_agency == "kg-sbs", "an unlisted sender: its local part"
 
 
 @pytest.mark.parametrize("encoding", ["UTF-8", "UTF-16", "windows-1251", "KOI8-R", "ISO-8859-5"])

@@ -70,3 +70,31 @@ def test_cap_ids_are_agency_scoped_and_the_old_ones_still_computable():
     assert len(ids) == 3 and cap_alert_id("s@x", "I-1", sent, "kg-sbs") == cap_alert_id("s@x", "I-1", sent, "kg-sbs")
     own = cap_alert_id("s@x", "I-1", sent, "kg-sbs")
     assert cap_alert_id("anyone", f"urn:uuid:{own}", sent, "uz-sbs") == own, "BLOnet's own ids resolve to themselves"
+
+
+def test_signing_fields_are_optional_checked_and_leave_an_old_directory_hash_unchanged(directory):
+    from services.routing.network import load_network, network_from
+    from tests.capkeys import make_key
+
+    before = load_network(REPO / "deploy" / "network")
+    assert "cap_signing_certificates" not in str(before.content()) and "sign_cap" not in str(before.content())
+    assert directory.cap_signing("kg-sbs") == ((), False) and directory.cap_signing("nobody-listed") == ((), False)
+    doc = yaml.safe_load((REPO / "deploy/network/directory.yaml").read_text())
+    sbs = next(a for a in doc["agencies"] if a["id"] == "kg-sbs")
+    sbs["require_signed_cap"] = True
+    with pytest.raises(ValueError, match="require_signed_cap needs cap_signing_certificates"):
+        Directory.model_validate(doc)
+    sbs["cap_signing_certificates"] = ["not a certificate"]
+    with pytest.raises(ValueError, match=r"cap_signing_certificates\[0\] is not a PEM certificate"):
+        Directory.model_validate(doc)
+    pem = make_key("kg-sbs").certificate_pem.decode()
+    sbs["cap_signing_certificates"] = [pem]
+    doc["endpoints"][0]["sign_cap"] = True
+    doc["endpoints"][0]["format"] = "json"
+    with pytest.raises(ValueError, match="sign_cap needs format cap"):
+        Directory.model_validate(doc)
+    doc["endpoints"][0]["format"] = "cap"
+    directory.apply(announcement({"directory": doc, "rules": {"rules": []}}))
+    assert directory.cap_signing("kg-sbs") == ((pem,), True)
+    changed = network_from({"directory": doc, "rules": before.content()["rules"]}, "test")
+    assert changed.hash != before.hash and changed.directory.endpoints[0].sign_cap

@@ -30,3 +30,19 @@ def test_garbage_and_foreign_events_fail_the_batch(value):
     good = Envelope.wrap(REQUEST, origin_node="n", alert_id=AID, thread_id=AID).to_bytes()
     with pytest.raises(ValueError):
         decoded([record(good), record(value, 1)], DeliveryRequested)
+
+
+def test_signed_cap_is_refused_rather_than_sent_unsigned_while_the_node_has_no_key(tmp_path):
+    from services.notifier.consumer import refusal
+    from shared.settings import Settings
+    from tests.capkeys import make_key
+
+    req = DeliveryRequested(delivery_id=new_id(), endpoint="e1", agency="kg-moi", url="https://example.org/hook", format="cap",
+                            profile=ViewProfile.FULL, body={}, sign_cap=True)
+    assert "no CAP signing key" in refusal(Settings(), req, {"e1"})
+    node = make_key("node")
+    (tmp_path / "k.pem").write_bytes(node.key_pem)
+    (tmp_path / "c.pem").write_bytes(node.certificate_pem)
+    keyed = Settings(cap_signing_key_file=tmp_path / "k.pem", cap_signing_certificate_file=tmp_path / "c.pem")
+    assert refusal(keyed, req, {"e1"}) is None
+    assert refusal(Settings(), req.model_copy(update={"sign_cap": False}), {"e1"}) is None

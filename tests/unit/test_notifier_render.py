@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 from uuid import UUID
 
 import orjson
+import pytest
 from lxml import etree
 
 from demo.scenario import SCENARIO
@@ -51,3 +52,17 @@ def test_cap_is_schema_valid_stable_across_retries_and_reads_back():
 def test_the_email_text_reads_as_the_alert():
     text = readable(view())
     assert SCENARIO["headline"] in text and "acknowledge" in text
+
+
+def test_cap_for_an_endpoint_with_sign_cap_carries_the_nodes_verifiable_signature():
+    from shared.capsig import verify
+    from shared.events import SignatureState
+    from tests.capkeys import NOW, make_key
+
+    node = make_key("blonet-test node")
+    body, content_type = render_body(row(view(), format="cap-sig"), "blonet-test", node)
+    assert content_type == "application/cap+xml" and parse_cap(body.encode()).signed
+    assert verify(body.encode(), (node.certificate_pem.decode(),), NOW).state is SignatureState.VERIFIED
+    assert not parse_cap(render_body(row(view(), format="cap"), "blonet-test", node)[0].encode()).signed, "only when asked"
+    with pytest.raises(ValueError, match="no CAP signing key"):
+        render_body(row(view(), format="cap-sig"), "blonet-test")

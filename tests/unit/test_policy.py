@@ -344,3 +344,21 @@ def test_a_directory_without_may_originate_loads_with_the_same_hash():
     assert all("may_originate" not in a for a in NET.network.content()["directory"]["agencies"])
     assert network_from(NET.network.content()).hash == NET.hash
     assert [a.id for a in NET.network.directory.agencies if not a.originates] == ["kg-gknb-bgs", "kz-mof", "unodc"]
+
+
+def test_an_update_or_cancel_naming_unreceived_messages_starts_a_thread_routed_by_its_own_content():
+    missing = [uuid4()]
+    as_alert = route(alert())
+    for kind in ("update", "cancel"):
+        d = decide(alert(msg_type=kind, references=missing), Thread(), NET, NOW, unresolved=missing)
+        assert {r.endpoint for r in d.recipients} == {r.endpoint for r in as_alert.recipients}, kind
+        assert d.unresolved_references == missing and d.kind == kind
+        assert d.note.startswith("starts a thread: it references 1 earlier message(s) of kg-sbs that BLOnet never received")
+    # Without unresolved references a cancel with no thread still reaches no one, and says why.
+    lone = route(alert(msg_type="cancel", references=missing))
+    assert lone.recipients == [] and lone.note == "nobody received this thread: nothing to cancel" and lone.unresolved_references == []
+    # With a thread at hand (some references resolved), its holders decide, as for any cancel.
+    holders = Thread(alert(), tuple(as_alert.recipients))
+    d = decide(alert(msg_type="cancel", references=[uuid4(), *missing]), holders, NET, NOW, unresolved=missing)
+    assert {r.rule for r in d.recipients} == {"thread"} and d.unresolved_references == missing
+    assert "routed by its own content" not in d.note
