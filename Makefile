@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 not found (need Python 3.11)"; exit 1; }
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -45,5 +45,5 @@ bench: setup-run install  ## the throughput/latency benchmark against a running 
 faults: setup-run install  ## kill parts of BLOnet under load on a private stack; FAULTS_ARGS="--brokers 3 --scenarios leader-kill"
 	$(BIN)/python -m bench.faults $(FAULTS_ARGS)
 
-soak: setup-run install  ## a long modest load on a private stack, memory/CPU/lag per process; SOAK_ARGS="--minutes 30 --scenarios kill-notifier"
+soak: setup-run install  ## a long modest load on a private stack, memory/CPU/lag per process; SOAK_ARGS="--minutes 10 --scenarios none"
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

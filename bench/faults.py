@@ -176,17 +176,21 @@ class Load:
     ended: float = 0.0  # when the last alert got its answer (monotonic)
 
 
-async def steady_load(url: str, key: str, rate: float, seconds: float, tag: str, stop: asyncio.Event | None = None) -> Load:
+async def steady_load(urls: list[str], key: str, rate: float, seconds: float, tag: str, stop: asyncio.Event | None = None) -> Load:
     """Open loop: alert i is due at t0 + i/rate; each is retried with its key until a 202 (bounded).
-    Setting `stop` ends the offering early; alerts already offered still get their answer."""
+    Alerts are spread round-robin over the gateway instances' `urls`, and each retry goes to the next
+    one, as a client behind a load balancer would see it (so a killed instance is a detour, and each
+    instance's 1/N share of the key's rate limit holds). Setting `stop` ends the offering early;
+    alerts already offered still get their answer."""
     load, n = Load(), max(1, round(rate * seconds))
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
 
         async def one(i: int) -> None:
             idem, body = f"{tag}-{i}", orjson.dumps({**SCENARIO, "headline": f"{tag} {i} {SCENARIO['headline']}"[:200]})
-            give_up = time.monotonic() + RETRY_FOR_SECONDS
+            give_up, attempt = time.monotonic() + RETRY_FOR_SECONDS, 0
             while time.monotonic() < give_up:
+                url, attempt = urls[(i + attempt) % len(urls)], attempt + 1
                 try:
                     async with http.post(url, data=body, headers={**headers, "Idempotency-Key": idem}) as r:
                         if r.status == 202:
@@ -488,7 +492,8 @@ class Harness:
         loop = asyncio.get_running_loop()
         started, t0 = loop.time(), time.monotonic()
         side = asyncio.create_task(during()) if during else None
-        load_task = asyncio.create_task(steady_load(f"http://127.0.0.1:{self.port('gateway', 0)}/v1/alerts", self.key,
+        gateways = [f"http://127.0.0.1:{self.port('gateway', i)}/v1/alerts" for i in range(self.args.instances)]
+        load_task = asyncio.create_task(steady_load(gateways, self.key,
                                                     self.args.rate, self.args.seconds, tag, self.stopping))
         await _sleep_unless(self.stopping, first_at)
         fault_start = fault_end = None

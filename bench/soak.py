@@ -4,9 +4,12 @@ CPU of every process, the Kafka lag and the database size, sampled every --sampl
 the same counts as `make faults` (nothing accepted lost, one webhook-id per delivery, lag 0, the
 audit log verified) and, per process, its memory after the first sample (warm-up) against the last.
 
-Optional faults (--scenarios, any of `make faults`) come every --fault-every seconds, in turn.
+By default it runs as the faults issue asks: 30 minutes, with a fault every 3 minutes (each service
+killed in turn, PostgreSQL restarted, Kafka stopped); `--scenarios none` runs without faults.
+The rate defaults to 5 alerts/s; give half the sustained rate `bench.pipeline` measured (--rate).
 Ctrl-C (or SIGTERM) once stops the load early and still drains and counts; twice abandons the run.
-Every sample is also written as CSV to soak.csv in the run's log folder.
+Every sample (with the size of every BLOnet table and its indexes) is written as CSV to soak.csv in
+the run's log folder, and plotted, one panel per measure, to soak.png beside it.
 """
 from __future__ import annotations
 
@@ -25,16 +28,20 @@ from sqlalchemy import text
 from bench import faults
 from bench.system import CpuMeter, LagProbe, _tree
 
+DEFAULT_FAULTS = "kill-notifier,kill-routing,kill-audit,kill-gateway,postgres-restart,kafka-stop"
+SCHEMAS = ("gateway", "routing", "notifier", "audit")
 GROWTH_FLAG = (0.25, 32)  # a process whose memory grew by more than 25 % and 32 MiB after warm-up is flagged
 
 
 def parse_args(argv: list[str] | None = None):
     p = faults.parser("python -m bench.soak", __doc__)
-    p.add_argument("--minutes", type=float, default=10, help="how long the load runs")
-    p.add_argument("--sample-seconds", type=float, default=30, help="how often each process is measured")
+    p.add_argument("--minutes", type=float, default=30, help="how long the load runs")
+    p.add_argument("--sample-seconds", type=float, default=60, help="how often each process is measured")
     p.add_argument("--fault-every", type=float, default=180, help="seconds between faults, when --scenarios names some")
-    p.set_defaults(scenarios="", rate=5, base_port=26000)
+    p.set_defaults(scenarios=DEFAULT_FAULTS, rate=5, base_port=26000)
     args = p.parse_args(argv)
+    if args.scenarios == "none":
+        args.scenarios = ""
     args.seconds = args.minutes * 60
     return args
 
@@ -81,6 +88,8 @@ class Sampler:
                 cpu = meter.stop()
                 sample = {"t_s": round(time.monotonic() - started), "lag": await _quietly(lag.lag(), lambda lags: sum(lags.values())),
                           "db_mib": await _quietly(self.h.in_session("notifier", _database_size), lambda b: round(b / 2**20, 1))}
+                sizes = await _quietly(self.h.in_session("notifier", _table_sizes), dict) or {}
+                sample |= {f"table.{name}.mib": round(size / 2**20, 2) for name, size in sizes.items()}
                 for name, pid in pids.items():
                     try:
                         tree = _tree(pid) if name == "postgres" else [pid]
@@ -122,12 +131,55 @@ class Sampler:
             fds = f"{first.get(name + '.fds')} -> {last.get(name + '.fds')}"
             print(f"   {name:12} {rss:>15} {growth:>14} {fds:>12} {sum(cpu) / max(1, len(cpu)):9.1f}{'   <- GROWS' if flag else ''}")
         print(f"   lag at the samples: {[s['lag'] for s in self.samples]}; database {first['db_mib']} -> {last['db_mib']} MiB")
+        tables = sorted(k for k in keys if k.startswith("table."))
+        grown = sorted(tables, key=lambda k: (last.get(k) or 0) - (first.get(k) or 0), reverse=True)[:5]
+        print("   tables (with indexes) that grew most, MiB: "
+              + ", ".join(f"{k[6:-4]} {first.get(k)} -> {last.get(k)}" for k in grown))
         print(f"   samples: {path}")
+        plot(self.samples, path.with_suffix(".png"))
+        print(f"   plot: {path.with_suffix('.png')}")
         return flagged
+
+
+def plot(samples: list[dict], path: Path) -> None:
+    """One panel per measure over time: memory and CPU per process, Kafka lag, table sizes."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display: write the file only
+    from matplotlib import pyplot
+
+    t = [s["t_s"] / 60 for s in samples]
+    keys = {k for s in samples for k in s}
+    panels = [("memory, MiB (RSS; PostgreSQL: PSS of its tree)", sorted(k for k in keys if k.endswith(".rss_mib"))),
+              ("CPU, % of one core", sorted(k for k in keys if k.endswith(".cpu_pct"))),
+              ("open files", sorted(k for k in keys if k.endswith(".fds"))),
+              ("Kafka lag, records", ["lag"]),
+              ("tables with their indexes, MiB", sorted(k for k in keys if k.startswith("table.")))]
+    figure, axes = pyplot.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), sharex=True)
+    for ax, (title, series) in zip(axes, panels):
+        for key in series:
+            ax.plot(t, [s.get(key) if s.get(key) is not None else float("nan") for s in samples], label=key.split(".")[0]
+                    if not key.startswith("table.") else key[6:-4])
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if 1 < len(series) <= 16:
+            ax.legend(fontsize=7, ncol=4, loc="upper left")
+    axes[-1].set_xlabel("minutes since the first sample")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    pyplot.close(figure)
 
 
 async def _database_size(session) -> int:
     return (await session.execute(text("SELECT pg_database_size(current_database())"))).scalar_one()
+
+
+async def _table_sizes(session) -> list[tuple[str, int]]:
+    """Every BLOnet table's size with its indexes and TOAST (catalogue data: any role may read it)."""
+    found = await session.execute(text(
+        "SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(:schemas)"),
+        {"schemas": list(SCHEMAS)})
+    return [(name, size) for name, size in found]
 
 
 async def _quietly(awaitable, then):
