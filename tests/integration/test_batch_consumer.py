@@ -25,7 +25,9 @@ from tests.integration.test_audit_log import drop_database, own_database
 
 pytestmark = pytest.mark.stack
 TOPIC = topics.DELIVERIES_REQUESTED  # 12 partitions
-POOL = 2  # the handler's connection and the probe's, both set up before counting
+# The handler's connection, the probe's and one spare, all opened before counting and never closed
+# (no overflow): a connection opened inside a window would count its set-up statements as commits.
+POOL = 3
 
 
 def request(agency: str = "kg-sbs") -> Envelope:
@@ -35,11 +37,17 @@ def request(agency: str = "kg-sbs") -> Envelope:
     return Envelope.wrap(req, origin_node="test", alert_id=aid, thread_id=aid)
 
 
+def superuser_engine(settings: Settings, database: str):
+    return create_async_engine(URL.create("postgresql+asyncpg", username=settings.pg_superuser, host=settings.pg_host,
+                                          port=settings.pg_port, database=database), isolation_level="AUTOCOMMIT")
+
+
 async def commits(settings: Settings, rt: Runtime) -> int:
     """The database's committed transactions so far, once every pooled backend has reported its counts.
 
     A backend reports at most once a second (else after 10 s idle): ask each pooled one to report
-    at once, in a transaction that rolls back, so the asking adds no commit.
+    at once, in a transaction that rolls back, so the asking adds no commit. Then wait until the figure holds still over more than a report interval, so a backend that
+    exited just before (its counts are reported on exit) is not counted in the next window.
     """
     conns = [await rt.engine.connect() for _ in range(POOL)]
     for conn in conns:
@@ -47,12 +55,20 @@ async def commits(settings: Settings, rt: Runtime) -> int:
     for conn in conns:
         await conn.close()
     await asyncio.sleep(0.5)  # each reports on going idle after its rollback
-    admin = create_async_engine(URL.create("postgresql+asyncpg", username=settings.pg_superuser, host=settings.pg_host,
-                                           port=settings.pg_port, database="postgres"))
+    admin = superuser_engine(settings, "postgres")
+    query = text("SELECT xact_commit FROM pg_stat_database WHERE datname = :d")
     try:
         async with admin.connect() as conn:
-            return await conn.scalar(text("SELECT xact_commit FROM pg_stat_database WHERE datname = :d"),
-                                     {"d": settings.pg_database})
+            # Settled: the same figure twice, over more than a backend's report interval (1 s).
+            seen = await conn.scalar(query, {"d": settings.pg_database})
+            for _ in range(10):
+                await asyncio.sleep(1.1)
+                await conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+                now = await conn.scalar(query, {"d": settings.pg_database})
+                if now == seen:
+                    return now
+                seen = now
+            return seen
     finally:
         await admin.dispose()
 
@@ -102,7 +118,10 @@ async def service(settings, request):
     s = s.model_copy(update={"topic_prefix": f"{APP_ENV['BLONET_TOPIC_PREFIX']}batch{name}."})
     await topics.create_topics(s)
     rt = Runtime(name, port(60), s)
-    rt.engine = db.make_engine(s, name, pool_size=POOL)
+    rt.engine = create_async_engine(db.service_url(s, name), pool_size=POOL, max_overflow=0, hide_parameters=True)
+    opened = [await rt.engine.connect() for _ in range(POOL)]
+    for conn in opened:
+        await conn.close()
     rt.sessions = db.make_sessionmaker(rt.engine)
     rt.consume(name, [TOPIC.name], HANDLERS[name](rt))
     rt.producer = make_producer(s)
