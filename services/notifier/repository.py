@@ -334,10 +334,6 @@ async def deliveries_of_alert(session: AsyncSession, alert_id: UUID) -> list[dic
     return [{**r, "attempt_log": tries[r["delivery_id"]]} for r in rows]
 
 
-async def count_pending(session: AsyncSession, endpoint: str) -> int:
-    return await session.scalar(select(func.count()).where(deliveries.c.endpoint == endpoint, deliveries.c.state == "pending"))
-
-
 async def record_acks(session: AsyncSession, acks: list[dict]) -> None:
     """Mark (alert, agency) pairs acknowledged, whether or not their watch exists yet."""
     if acks:
