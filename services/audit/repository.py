@@ -106,6 +106,11 @@ async def latest_checkpoint(session: AsyncSession) -> dict | None:
     return dict(row) if row else None
 
 
+async def checkpoint_at(session: AsyncSession, tree_size: int) -> dict | None:
+    row = (await session.execute(select(checkpoints).where(checkpoints.c.tree_size == tree_size))).mappings().first()
+    return dict(row) if row else None
+
+
 async def checkpoint_list(session: AsyncSession, after: int, limit: int) -> list[dict]:
     rows = await session.execute(select(checkpoints).where(checkpoints.c.tree_size > after)
                                  .order_by(checkpoints.c.tree_size).limit(limit))

@@ -183,7 +183,7 @@ async def inclusion_proof(session: AsyncSession, *, tree_size: int | None, index
     ranges = inclusion_ranges(index, tree_size)
     hashes = await repository.node_hashes(session, nodes_for(ranges) | {(0, index)})
     return {"index": index, "tree_size": tree_size, "leaf_hash": b64(hashes[(0, index)]),
-            "hashes": [b64(h) for h in hashes_of(ranges, hashes)], **_checkpoint_of(latest, tree_size)}
+            "hashes": [b64(h) for h in hashes_of(ranges, hashes)], **await _checkpoint_of(session, latest, tree_size)}
 
 
 async def consistency_proof(session: AsyncSession, *, first: int, second: int | None) -> dict:
@@ -196,11 +196,14 @@ async def consistency_proof(session: AsyncSession, *, first: int, second: int | 
     ranges = consistency_ranges(first, second)
     hashes = await repository.node_hashes(session, nodes_for(ranges))
     return {"first": first, "second": second, "hashes": [b64(h) for h in hashes_of(ranges, hashes)],
-            **_checkpoint_of(latest, second)}
+            **await _checkpoint_of(session, latest, second)}
 
 
-def _checkpoint_of(latest: dict, tree_size: int) -> dict:
-    return {"checkpoint": latest["note"]} if latest["tree_size"] == tree_size else {}
+async def _checkpoint_of(session: AsyncSession, latest: dict, tree_size: int) -> dict:
+    """The signed note of the tree a proof is for, when one was signed at exactly that size: an auditor
+    holding an older checkpoint gets it back with the proof, not only one holding the latest."""
+    signed = latest if latest["tree_size"] == tree_size else await repository.checkpoint_at(session, tree_size)
+    return {"checkpoint": signed["note"]} if signed else {}
 
 
 async def erase(session: AsyncSession, *, reason: str, actor: str, now: datetime, alert_id: UUID | None = None,

@@ -124,20 +124,24 @@ async def test_proofs_from_the_api_verify_against_the_signed_checkpoint(alone, a
     vkey = keys.load_signing_key(alone).verifier
     await produce_raw(alone, topics.ALERTS_SUBMITTED.name, submitted_record(), submitted_record())
     await auditor.wait_for("/v1/search", lambda b: b["entries"], type="alert.submitted")
-    old = open_checkpoint(await auditor.sign(), vkey)
+    old_note = await auditor.sign()
+    old = open_checkpoint(old_note, vkey)
     note = await auditor.sign()  # the signing request itself was logged: the log grew
     cp = open_checkpoint(note, vkey)
     assert cp.size > old.size
+    # Proofs name the tree they are for: the periodic signer may sign a newer checkpoint meanwhile.
     page = await auditor.get("/v1/entries", start=max(cp.size - 20, 0), end=cp.size)
     for item in page["entries"][::5]:
         data = base64.b64decode(item["entry"])
-        proof = await auditor.get("/v1/proofs/inclusion", index=item["index"])
+        proof = await auditor.get("/v1/proofs/inclusion", index=item["index"], tree_size=cp.size)
         assert proof["checkpoint"] == note
         assert verify_inclusion(item["index"], cp.size, leaf_hash(data), [base64.b64decode(h) for h in proof["hashes"]],
                                 cp.root)
         by_hash = await auditor.get("/v1/proofs/inclusion", hash=leaf_hash(data).hex(), tree_size=cp.size)
         assert by_hash["index"] == item["index"]
     proof = await auditor.get("/v1/proofs/consistency", first=old.size, second=cp.size)
+    assert proof["checkpoint"] == note
+    assert (await auditor.get("/v1/proofs/inclusion", index=0, tree_size=old.size))["checkpoint"] == old_note
     assert verify_consistency(old.size, cp.size, old.root, cp.root, [base64.b64decode(h) for h in proof["hashes"]])
 
 
