@@ -220,6 +220,7 @@ class EventConsumer:
         self.consumer: AIOKafkaConsumer | None = None
         self._lag_reported: set[TopicPartition] = set()
         self._lag_at = float("-inf")
+        self._record_at = time.monotonic()
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         return make_consumer(
@@ -266,6 +267,7 @@ class EventConsumer:
             while not self._stopping.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 records = [record for part in batches.values() for record in part]
+                self._adapt_fetch_wait(bool(records))
                 if records:
                     await self._handle(records)
                     polled = {tp: part[-1].offset + 1 for tp, part in batches.items() if part}
@@ -282,6 +284,24 @@ class EventConsumer:
             finally:
                 self.forget_lag(set(self._lag_reported))
                 await self.consumer.stop()
+
+    def _adapt_fetch_wait(self, got_records: bool) -> None:
+        """Long-poll while idle, short-poll while records flow.
+
+        The broker answers a fetch as soon as data arrives, so a long wait costs nothing at idle.
+        Under load it does: aiokafka leaves a partition out of the next fetch while its records are
+        buffered, and does not fetch it again until that fetch returns, so a short wait bounds the
+        delay of a partition's next record. aiokafka 0.14 fixes the wait at construction; the
+        fetcher reads this attribute for every request (tests/integration/test_consumer_idle.py checks it).
+        """
+        now = time.monotonic()
+        if got_records:
+            self._record_at = now
+        idle = now - self._record_at >= self.settings.idle_after_seconds
+        wait = max(self.fetch_max_wait_ms, self.settings.idle_fetch_max_wait_ms) if idle else self.fetch_max_wait_ms
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        if fetcher is not None and fetcher._fetch_max_wait_ms != wait:
+            fetcher._fetch_max_wait_ms = wait
 
     async def _report_lag(self) -> None:
         """Set each assigned partition's lag gauge (high watermark minus position), at most once a second.

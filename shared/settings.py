@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # polls (and idle fetches), a record still logged well within a second.
     audit_fetch_max_wait_ms: int = 500
     audit_max_records: int = 500  # records per poll, all appended in one transaction
+    # A consumer that has seen no record for `idle_after_seconds` long-polls with this wait instead
+    # of its own, so an idle system does not fetch 100 times a second (see BatchConsumer).
+    idle_fetch_max_wait_ms: int = 500
+    idle_after_seconds: float = 5.0
 
     pg_host: str = "127.0.0.1"
     pg_port: int = 5433
