@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    CorruptRecordException, InvalidProducerEpoch, InvalidTimestampError, KafkaError, KafkaTimeoutError,
+    MessageSizeTooLargeError, OutOfOrderSequenceNumber, ProducerFenced, RecordListTooLargeError, RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -20,6 +24,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 TRANSIENT_SQLSTATE_CLASSES = {"08", "40", "53", "57", "58"}
 TRANSIENT_SQLSTATES = {"55P03"}  # lock_not_available
 MAX_DESCRIPTION = 500
+# The Kafka errors a record itself causes. Any other Kafka error is about the cluster or this
+# client (a leader moving, a lost producer sequence, a missing ACL): an outage to wait out, never
+# a reason to dead-letter the record that happened to be in hand.
+KAFKA_DATA_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, CorruptRecordException,
+                     InvalidTimestampError, UnsupportedForMessageFormatError)
+# An idempotent producer that got one of these has a gap in a partition's sequence (a batch failed
+# after its sequence was taken, e.g. across a whole-cluster restart): every later batch there fails
+# the same way until the producer is replaced.
+PRODUCER_BROKEN = (OutOfOrderSequenceNumber, InvalidProducerEpoch, ProducerFenced)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -50,12 +63,17 @@ def transient(exc: BaseException) -> bool:
             return True
         if isinstance(e, DBAPIError) and e.connection_invalidated:
             return True
-        if isinstance(e, KafkaError) and e.retriable:
+        if isinstance(e, KafkaError) and (e.retriable or not isinstance(e, KAFKA_DATA_ERRORS)):
             return True
         if type(e).__name__ in ("InterfaceError", "ConnectionDoesNotExistError", "InternalClientError"):
             return True  # asyncpg: the connection itself is unusable
     code = sqlstate(exc)
     return bool(code) and (code[:2] in TRANSIENT_SQLSTATE_CLASSES or code in TRANSIENT_SQLSTATES)
+
+
+def producer_broken(exc: BaseException) -> bool:
+    """Return whether a failure says the producer must be replaced before it can send again."""
+    return any(isinstance(e, PRODUCER_BROKEN) for e in _chain(exc))
 
 
 def error_class(exc: BaseException) -> str:

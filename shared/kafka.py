@@ -205,6 +205,7 @@ class EventConsumer:
         deadletter_topic: str | None = None, probes: Sequence[Probe] = (),
         transaction: Callable[[], AbstractAsyncContextManager] = nullcontext,
         accepts: Mapping[str, frozenset[str]] | None = None, gate: OffsetGate | None = None,
+        on_outage: Callable[[Exception], Awaitable[None]] | None = None,
     ) -> None:
         self.settings, self.group, self.topics, self.handler = settings, group, list(topics), handler
         self.max_records = max_records
@@ -214,6 +215,7 @@ class EventConsumer:
         self.accepts = dict(accepts or {})  # topic -> the event types its producer publishes (checked when dead letters exist)
         self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
         self.gate = gate
+        self.on_outage = on_outage  # told of each outage failure before the retry (e.g. to replace a broken producer)
         self._settled_at = float("-inf")
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
@@ -417,6 +419,11 @@ class EventConsumer:
                     "retry_in_s": pause})
                 spans.failed(exc)
                 CONSUMER_RETRIES.labels(self.group).inc()
+                if self.on_outage is not None:
+                    try:
+                        await self.on_outage(exc)
+                    except Exception:  # noqa: BLE001 - still an outage: the next try tells
+                        log.warning("recovering from the outage failed", exc_info=True)
                 await self._pause(pause)
                 pause = min(pause * 2, BACKOFF_SECONDS[1])
 

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from shared.observability import configure_logging, install
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+RENEW_EVERY_SECONDS = 5.0  # a broken producer is replaced at most this often
 LOGIN_REFUSED = {"28P01", "28000"}  # SQLSTATE: invalid_password, invalid_authorization_specification
 
 
@@ -45,6 +47,7 @@ class Runtime:
         self.on_stop: list[Callable[[], Awaitable[None]]] = []  # e.g. closing HTTP client sessions
         self.on_body_refused: Callable[[dict, str], None] | None = None  # e.g. the gateway counts refused submissions
         self._tasks: list[asyncio.Task] = []
+        self._renewing, self._renewed_at = asyncio.Lock(), float("-inf")
         self.stopping = asyncio.Event()
 
     def consume(self, group: str, topics: list[str], handler, **kwargs) -> None:
@@ -58,7 +61,8 @@ class Runtime:
             self.settings, group=self.settings.topic(group), topics=topic_names, handler=handler,
             accepts=accepted_events(self.settings, topics),
             deadletter_topic=self.settings.topic(deadletter_topic(self.name).name),
-            probes=(self._check_db, self._check_kafka), transaction=lambda: db.one_transaction(self.engine), **kwargs,
+            probes=(self._check_db, self._check_kafka), transaction=lambda: db.one_transaction(self.engine),
+            on_outage=self.recover, **kwargs,
         ))
 
     async def _check_db(self) -> None:
@@ -75,6 +79,26 @@ class Runtime:
             raise StartupRefused(
                 f"{self.name}: the database refused the login of role {self.name} ({type(exc).__name__}): set "
                 f"BLONET_DB_{self.name.upper()}_PASSWORD (or db.{self.name} in BLONET_SECRETS_FILE) to its password") from None
+
+    async def recover(self, exc: BaseException) -> None:
+        """Replace the producer when a failure says it cannot send again (failures.PRODUCER_BROKEN)."""
+        if not failures.producer_broken(exc):
+            return
+        async with self._renewing:
+            # Every record in flight on the old producer fails alike: one replacement serves them all.
+            if time.monotonic() - self._renewed_at < RENEW_EVERY_SECONDS:
+                return
+            self._renewed_at = time.monotonic()
+            old, self.producer = self.producer, make_producer(self.settings, self.producer_timeout_ms)
+            await self.producer.start()
+            for consumer in self.consumers:
+                consumer.producer = self.producer
+            log.warning("producer replaced: it had lost its sequence for a partition", extra={
+                "error_class": failures.error_class(exc)})
+        try:
+            await asyncio.wait_for(old.stop(), 10)
+        except Exception:  # noqa: BLE001 - the old one is being dropped anyway
+            log.warning("stopping the replaced producer failed", exc_info=True)
 
     async def _check_kafka(self) -> None:
         if not await asyncio.wait_for(self.producer.client.force_metadata_update(), 2):

@@ -392,6 +392,7 @@ async def produce(rt: Runtime, topic: str, key: UUID, env: Envelope) -> None:
         await asyncio.wait_for(go(), timeout=rt.settings.accept_timeout_seconds + 2)
     except (KafkaError, asyncio.TimeoutError) as exc:
         log.error("not accepted: Kafka unavailable", extra={"error": repr(exc)})
+        await rt.recover(exc)  # a producer that lost its sequence would refuse that partition until replaced
         raise ApiError(503, "kafka_unavailable", "Kafka did not confirm the alert in time, so it is not accepted; retry later",
                        headers={"Retry-After": RETRY_AFTER}) from None
 

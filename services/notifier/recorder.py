@@ -108,6 +108,7 @@ class Recorder:
                     return []
                 log.warning("group commit failed during an outage; retrying", extra={
                     "error_class": failures.error_class(exc), "retry_in_s": pause})
+                await self.rt.recover(exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, BACKOFF_SECONDS[1])
 

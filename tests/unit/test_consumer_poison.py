@@ -5,7 +5,10 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    CorruptRecordException, InvalidProducerEpoch, KafkaConnectionError, MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber, ProducerFenced, RecordTooLargeError, TopicAuthorizationFailedError,
+)
 from aiokafka.structs import ConsumerRecord
 from hypothesis import given, settings as hsettings, strategies as st
 from pydantic import ValidationError
@@ -193,6 +196,35 @@ def test_plain_failures_are_not_outages_and_network_ones_are():
     assert not failures.transient(ValueError("x")) and not failures.transient(KeyError("x"))
     assert failures.transient(ConnectionResetError()) and failures.transient(TimeoutError())
     assert failures.transient(KafkaConnectionError("x"))
+
+
+def test_kafka_errors_are_outages_unless_the_record_caused_them():
+    # Seen in CI: after a whole-cluster restart routing's producer got OutOfOrderSequenceNumber,
+    # the probes answered, and three alerts were dead-lettered after 5 of their 7 deliveries left.
+    for exc in (OutOfOrderSequenceNumber(), InvalidProducerEpoch(), ProducerFenced(), TopicAuthorizationFailedError()):
+        assert failures.transient(exc), exc
+    assert failures.producer_broken(OutOfOrderSequenceNumber()) and not failures.producer_broken(KafkaConnectionError())
+    for exc in (MessageSizeTooLargeError(), RecordTooLargeError(), CorruptRecordException()):
+        assert not failures.transient(exc) and not failures.producer_broken(exc), exc
+
+
+async def test_a_lost_producer_sequence_is_retried_as_an_outage_and_reported_for_recovery():
+    broken = {"left": 2}
+    told: list[Exception] = []
+
+    async def handler(records):
+        if broken["left"]:
+            broken["left"] -= 1
+            raise OutOfOrderSequenceNumber()
+
+    async def on_outage(exc):
+        told.append(exc)
+
+    c, producer = consumer(handler, probes=[lambda: asyncio.sleep(0)])  # the probes answer: no outage by them
+    c.on_outage = on_outage
+    await c._handle(poll(partitions=2, per=2))
+    assert not producer.sent, "nothing dead-lettered"
+    assert [type(e) for e in told] == [OutOfOrderSequenceNumber] * 2
 
 
 async def test_an_event_its_topics_producer_does_not_publish_is_dead_lettered_before_the_handler():

@@ -1,0 +1,36 @@
+"""A producer that lost its sequence is replaced, once for a burst of failures, and the new one sends."""
+from __future__ import annotations
+
+import pytest
+from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
+
+from shared import topics
+from shared.events import Envelope
+from shared.kafka import make_producer, send
+from shared.service import Runtime
+from tests.conftest import port
+from tests.integration.test_batch_consumer import request
+
+pytestmark = pytest.mark.stack
+
+
+async def test_a_broken_producer_is_replaced_and_the_new_one_sends(settings):
+    rt = Runtime("routing", port(61), settings)
+    rt.producer = make_producer(settings)
+    await rt.producer.start()
+    old = rt.producer
+    try:
+        await rt.recover(KafkaConnectionError("a broker away"))
+        assert rt.producer is old, "an outage alone keeps the producer"
+
+        await rt.recover(OutOfOrderSequenceNumber())
+        new = rt.producer
+        assert new is not old and old._closed, "replaced, and the old one stopped"
+        await rt.recover(OutOfOrderSequenceNumber())  # the other records in flight on the old one fail alike
+        assert rt.producer is new, "one replacement for the burst"
+
+        env: Envelope = request()
+        await (await send(rt.producer, settings.topic(topics.DELIVERIES_REQUESTED.name), "k", env))
+    finally:
+        await rt.producer.stop()
+        await rt.engine.dispose()
