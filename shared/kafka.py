@@ -201,7 +201,7 @@ class EventConsumer:
 
     def __init__(
         self, settings: Settings, *, group: str, topics: Sequence[str], handler: Handler,
-        max_records: int = 200, fetch_max_wait_ms: int | None = None,
+        max_records: int = 200, fetch_max_wait_ms: int | None = None, fetch_min_bytes: int = 1,
         deadletter_topic: str | None = None, probes: Sequence[Probe] = (),
         transaction: Callable[[], AbstractAsyncContextManager] = nullcontext,
         accepts: Mapping[str, frozenset[str]] | None = None, gate: OffsetGate | None = None,
@@ -211,6 +211,7 @@ class EventConsumer:
         self.max_records = max_records
         # Short waits keep the delivery path fast; consumers off it can poll far less often.
         self.fetch_max_wait_ms = fetch_max_wait_ms or settings.fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
         self.deadletter_topic, self.probes, self.transaction = deadletter_topic, list(probes), transaction
         self.accepts = dict(accepts or {})  # topic -> the event types its producer publishes (checked when dead letters exist)
         self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
@@ -231,6 +232,7 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            fetch_min_bytes=self.fetch_min_bytes,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     topic_prefix: str = ""  # lets tests run isolated topic sets on one broker
     fetch_max_wait_ms: int = 10  # consumers on the accept-to-delivery path
     background_fetch_max_wait_ms: int = 200  # consumers off it (status views, acks)
+    # Off the delivery path the broker holds a fetch until this much is there or the wait is over,
+    # so under load those consumers make a few full polls (one transaction each) a second, not one
+    # per record that happens to arrive.
+    background_fetch_min_bytes: int = 1024 * 1024
     # Audit is off the delivery path and appends once per poll: a longer wait means fewer, fuller
     # polls (and idle fetches), a record still logged well within a second.
     audit_fetch_max_wait_ms: int = 500

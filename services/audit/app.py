@@ -82,7 +82,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     head = service.Head()  # one appender state per process: the consumer, the API and the sweep take turns on the lock
     checkpointer = Checkpointer(rt, keys.load_signing_key(settings), keys.origin(settings), head)
     rt.consume("audit", [t.name for t in topics.CATALOGUE], Recorder(rt, head), max_records=settings.audit_max_records,
-               fetch_max_wait_ms=settings.audit_fetch_max_wait_ms)
+               fetch_max_wait_ms=settings.audit_fetch_max_wait_ms, fetch_min_bytes=settings.background_fetch_min_bytes)
     rt.workers.append(checkpointer.run)
     app = rt.app()
     app.include_router(router(rt, checkpointer, head))

@@ -33,7 +33,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt.sessions = db.make_sessionmaker(rt.engine)
     # Kafka itself gives up on a record at the accept deadline: a 503 is never followed by the alert landing.
     rt.producer_timeout_ms = int(settings.accept_timeout_seconds * 1000)
-    rt.consume("gateway-status", TOPICS, StatusView(rt), fetch_max_wait_ms=settings.background_fetch_max_wait_ms)
+    rt.consume("gateway-status", TOPICS, StatusView(rt), max_records=500,
+               fetch_max_wait_ms=settings.background_fetch_max_wait_ms, fetch_min_bytes=settings.background_fetch_min_bytes)
 
     async def purge_idempotency_keys() -> None:
         await service.purge_idempotency_keys(rt)

@@ -21,7 +21,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     dispatcher = Dispatcher(rt)
     rt.consume("notifier", [topics.DELIVERIES_REQUESTED.name], DeliveryIntake(rt, dispatcher), gate=dispatcher)
     rt.consume("notifier-acks", [topics.ALERTS_ACKNOWLEDGED.name], AckIntake(rt),
-               fetch_max_wait_ms=settings.background_fetch_max_wait_ms)
+               fetch_max_wait_ms=settings.background_fetch_max_wait_ms, fetch_min_bytes=settings.background_fetch_min_bytes)
     rt.workers += [dispatcher.run, partial(outbox_sweeper, rt), partial(escalation_worker, rt)]
     app = rt.app()
     app.include_router(router(rt))
