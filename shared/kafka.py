@@ -301,7 +301,8 @@ class EventConsumer:
         now = time.monotonic()
         if got_records:
             self._record_at = now
-        idle = now - self._record_at >= self.settings.idle_after_seconds
+        # A consumer fetching with min bytes waits its full wait on every fetch: that wait is its latency.
+        idle = self.fetch_min_bytes <= 1 and now - self._record_at >= self.settings.idle_after_seconds
         wait = max(self.fetch_max_wait_ms, self.settings.idle_fetch_max_wait_ms) if idle else self.fetch_max_wait_ms
         fetcher = getattr(self.consumer, "_fetcher", None)
         if fetcher is not None and fetcher._fetch_max_wait_ms != wait:

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     # so under load those consumers make a few full polls (one transaction each) a second, not one
     # per record that happens to arrive.
     background_fetch_min_bytes: int = 1024 * 1024
+    status_fetch_max_wait_ms: int = 50  # the gateway's status projection: read by operators right after a 202
     # Audit is off the delivery path and appends once per poll: a longer wait means fewer, fuller
     # polls (and idle fetches), a record still logged well within a second.
     audit_fetch_max_wait_ms: int = 500

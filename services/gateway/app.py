@@ -33,8 +33,10 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     rt.sessions = db.make_sessionmaker(rt.engine)
     # Kafka itself gives up on a record at the accept deadline: a 503 is never followed by the alert landing.
     rt.producer_timeout_ms = int(settings.accept_timeout_seconds * 1000)
+    # Operators read this projection right after a 202 (`blonet tail`, the console): its fetch is held
+    # at most `status_fetch_max_wait_ms`, enough to gather an alert's burst of events into one poll.
     rt.consume("gateway-status", TOPICS, StatusView(rt), max_records=500,
-               fetch_max_wait_ms=settings.background_fetch_max_wait_ms, fetch_min_bytes=settings.background_fetch_min_bytes)
+               fetch_max_wait_ms=settings.status_fetch_max_wait_ms, fetch_min_bytes=settings.background_fetch_min_bytes)
 
     async def purge_idempotency_keys() -> None:
         await service.purge_idempotency_keys(rt)

@@ -148,7 +148,7 @@ async def test_proofs_from_the_api_verify_against_the_signed_checkpoint(alone, a
 async def test_bad_requests_are_refused_with_the_reason(alone, auditor):
     size = open_checkpoint(await auditor.get("/v1/checkpoint"), keys.load_signing_key(alone).verifier).size
     for path, params, words in [
-        ("/v1/proofs/inclusion", {"index": size}, f"index {size} is outside the tree of {size} entries"),
+        ("/v1/proofs/inclusion", {"index": size, "tree_size": size}, f"index {size} is outside the tree of {size} entries"),
         ("/v1/proofs/inclusion", {"index": 0, "tree_size": size + 10**6}, "beyond the latest checkpoint"),
         ("/v1/proofs/inclusion", {"hash": "00" * 32}, "no entry has the leaf hash"),
         ("/v1/proofs/inclusion", {"hash": "xyz"}, "SHA-256 leaf hash"),

@@ -105,7 +105,19 @@ async def test_bad_requests_change_nothing(settings, services):
 
 
 async def _submitted_count(settings) -> tuple[int, int]:
-    """Return (messages on alerts.submitted, alert rows in the gateway's table)."""
+    """Return (messages on alerts.submitted, alert rows in the gateway's table), once both hold still:
+    the status projection stores an earlier alert's row a poll after its message."""
+    seen = await _submitted_count_now(settings)
+    for _ in range(20):
+        await asyncio.sleep(0.3)
+        now = await _submitted_count_now(settings)
+        if now == seen:
+            return now
+        seen = now
+    return seen
+
+
+async def _submitted_count_now(settings) -> tuple[int, int]:
     from shared.kafka import make_consumer
 
     from services.gateway import repository

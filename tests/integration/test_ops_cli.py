@@ -57,11 +57,17 @@ async def summary(operator: str, alert_id: str) -> dict:
 
 
 async def flow(settings, operator: str, alert_id: str) -> dict:
-    """Return the gateway's operator summary of an alert (cheaper to poll than a `blonet` process)."""
+    """Return the gateway's operator summary of an alert (cheaper to poll than a `blonet` process).
+
+    The summary is the status projection's: an alert is in it a poll after its 202 (a 404 until then)."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {operator}"}) as http:
-        async with http.get(f"http://127.0.0.1:{settings.gateway_port}/v1/ops/alerts/{alert_id}") as r:
-            assert r.status == 200, await r.text()
-            return await r.json()
+        for _ in range(50):
+            async with http.get(f"http://127.0.0.1:{settings.gateway_port}/v1/ops/alerts/{alert_id}") as r:
+                if r.status != 404:
+                    assert r.status == 200, await r.text()
+                    return await r.json()
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"alert {alert_id} never reached the status projection")
 
 
 def state_of(found: dict, endpoint: str) -> str | None:
@@ -147,6 +153,7 @@ async def test_dead_letters_are_listed_replayed_one_by_one_and_since_a_time(sett
 
 async def test_tail_lists_once_follows_live_and_stops_cleanly_on_ctrl_c(settings, services, operator):
     earlier = await submit(settings)
+    await flow(settings, operator, earlier)  # projected: `tail` lists what the projection holds
     code, out, err = await blonet("tail", "--once", "--category", "drugs", key=operator)
     assert code == 0 and earlier in out and "kg-sbs@bor-dobo" in out, err
     code, out, err = await blonet("tail", "--once", "--category", "weapons", key=operator)

@@ -197,7 +197,16 @@ async def test_control_characters_are_refused_at_the_edge_naming_the_field_and_c
             found[t.name] = len(records)
         return found
 
-    before = (await stored(), await offsets())
+    async def settled() -> int:  # earlier tests' alerts may still be on their way into the projection
+        seen = await stored()
+        for _ in range(20):
+            await asyncio.sleep(0.3)
+            if (now := await stored()) == seen:
+                return now
+            seen = now
+        return seen
+
+    before = (await settled(), await offsets())
     bad_cap = cap(ALERT.replace("<headline>Риск", "<headline>Риск\u009b"))  # XML 1.0 lets C1 controls through
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {submitter}"}) as http:
         for field, body in (("headline", {**SCENARIO, "headline": "Контроль\x00усилен"}),
@@ -215,6 +224,11 @@ async def test_control_characters_are_refused_at_the_edge_naming_the_field_and_c
         async with await submit(http, settings, SCENARIO) as r:
             assert r.status == 202
             alert_id = UUID((await r.json())["id"])
+    for _ in range(50):  # the status projection stores the clean alert a poll after its 202
+        if await stored() > before[0]:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # and would store any other within that time too
     mid = (await stored(), await offsets())
     assert mid[0] == before[0] + 1, "only the clean alert was stored"
 
