@@ -346,7 +346,7 @@ class Dispatcher:
 
     async def _send_checked(self, row: dict, started: datetime) -> tuple[Outcome, str | None]:
         email = row["url"].startswith("mailto:")
-        refused = None if email else await egress.check(row["url"], self.allowed)
+        refused = None if email else egress.check(row["url"], self.allowed)
         if refused:  # no connection made, so no response bytes from the refused host either
             return Outcome(None, error=refused), None
         body, content_type = channels.render_body(row, self.s.node_id, channels.node_key(self.s))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.notifier.channels import one_line
-from services.notifier.egress import allow_list, refusal
+from services.notifier.egress import allow_list, check, refusal
 from shared.settings import Settings
 
 LOCAL = ["127.0.0.1"]
@@ -45,3 +45,17 @@ def test_the_default_allow_list_is_loopback_for_development_only():
 
 def test_header_text_is_one_line():
     assert one_line("Border closed\r\nBcc: x@y.example\x00\tnow") == "Border closed Bcc: x@y.example now"
+
+
+@pytest.mark.parametrize("url, refused", [
+    ("https://10.1.2.3/hook", "10.1.2.3 is a private address"),
+    ("https://[::ffff:169.254.169.254]/x", "is a link-local address"),
+    ("https://2852039166/x", "2852039166 resolves to 169.254.169.254"),  # decimal, no lookup needed
+    ("https://0xA9FEA9FE/x", "resolves to 169.254.169.254"),
+    ("http://127.0.0.1:8100/hook", None),  # listed
+    ("http://localhost:8100/hook", None),  # a name: the session's GuardedResolver checks what it resolves to
+    ("https://agency.example/hook", None),
+])
+def test_addresses_written_in_the_url_are_checked_before_any_connection(url, refused):
+    reason = check(url, LOCAL)
+    assert (reason is None) if refused is None else (refused in reason), reason
