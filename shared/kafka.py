@@ -290,23 +290,26 @@ class EventConsumer:
                 await self.consumer.stop()
 
     def _adapt_fetch_wait(self, got_records: bool) -> None:
-        """Long-poll while idle, short-poll while records flow.
+        """Long-poll while idle, answered at the first byte; the consumer's own fetch while records flow.
 
-        The broker answers a fetch as soon as data arrives, so a long wait costs nothing at idle.
-        Under load it does: aiokafka leaves a partition out of the next fetch while its records are
-        buffered, and does not fetch it again until that fetch returns, so a short wait bounds the
-        delay of a partition's next record. aiokafka 0.14 fixes the wait at construction; the
-        fetcher reads this attribute for every request (tests/integration/test_consumer_idle.py checks it).
+        An idle fetch asks for one byte and waits long: the broker answers as soon as data arrives,
+        so this costs nothing but spares an idle broker 100 fetches a second. Under load the own
+        settings apply: aiokafka leaves a partition out of the next fetch while its records are
+        buffered and fetches it again only when that fetch has returned, so a short wait bounds the
+        delay of its next record; and a background consumer's min bytes gathers full polls.
+        aiokafka 0.14 fixes both at construction; the fetcher reads these attributes for every
+        request (tests/integration/test_consumer_idle.py checks it).
         """
         now = time.monotonic()
         if got_records:
             self._record_at = now
-        # A consumer fetching with min bytes waits its full wait on every fetch: that wait is its latency.
-        idle = self.fetch_min_bytes <= 1 and now - self._record_at >= self.settings.idle_after_seconds
-        wait = max(self.fetch_max_wait_ms, self.settings.idle_fetch_max_wait_ms) if idle else self.fetch_max_wait_ms
+        if now - self._record_at >= self.settings.idle_after_seconds:
+            wait, least = max(self.fetch_max_wait_ms, self.settings.idle_fetch_max_wait_ms), 1
+        else:
+            wait, least = self.fetch_max_wait_ms, self.fetch_min_bytes
         fetcher = getattr(self.consumer, "_fetcher", None)
-        if fetcher is not None and fetcher._fetch_max_wait_ms != wait:
-            fetcher._fetch_max_wait_ms = wait
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = wait, least
 
     async def _report_lag(self) -> None:
         """Set each assigned partition's lag gauge (high watermark minus position), at most once a second.

@@ -10,14 +10,21 @@ from shared import topics
 from shared.events import Envelope
 from shared.ids import new_id
 from shared.kafka import EventConsumer, make_producer, send
+from tests.conftest import APP_ENV
 from tests.integration.test_batch_consumer import request
 
 pytestmark = pytest.mark.stack
 LONG_MS = 3000  # longer than any wait the test accepts, so a record held by the long poll fails it
 
 
-async def test_an_idle_consumer_long_polls_and_still_gets_a_record_at_once(settings):
-    s = settings.model_copy(update={"idle_after_seconds": 1.0, "idle_fetch_max_wait_ms": LONG_MS})
+@pytest.mark.parametrize("own_wait_ms, own_min_bytes", [(None, 1), (200, 1024 * 1024)], ids=["delivery-path", "background"])
+async def test_an_idle_consumer_long_polls_and_still_gets_a_record_at_once(settings, own_wait_ms, own_min_bytes):
+    """A background consumer too: its min bytes would hold the first record for the whole long wait."""
+    # Topics of its own: the running notifier must not receive these requests.
+    s = settings.model_copy(update={"idle_after_seconds": 1.0, "idle_fetch_max_wait_ms": LONG_MS,
+                                    "topic_prefix": f"{APP_ENV['BLONET_TOPIC_PREFIX']}idle."})
+    await topics.create_topics(s)
+    own_wait_ms = own_wait_ms or settings.fetch_max_wait_ms
     seen: dict[str, float] = {}
 
     async def handler(records) -> None:
@@ -26,14 +33,20 @@ async def test_an_idle_consumer_long_polls_and_still_gets_a_record_at_once(setti
 
     # 12 partitions: the fetch in flight while idle covers every one of them.
     consumer = EventConsumer(s, group=f"idle-{new_id()}", topics=[s.topic(topics.DELIVERIES_REQUESTED.name)],
-                             handler=handler)
+                             handler=handler, fetch_max_wait_ms=own_wait_ms, fetch_min_bytes=own_min_bytes)
     task = asyncio.create_task(consumer.run())
     producer = make_producer(s)
     await producer.start()
     try:
         async def wait_ms() -> int | None:
             fetcher = getattr(consumer.consumer, "_fetcher", None)
-            return None if fetcher is None else fetcher._fetch_max_wait_ms
+            if fetcher is None:
+                return None
+            if fetcher._fetch_max_wait_ms == LONG_MS:
+                assert fetcher._fetch_min_bytes == 1, "an idle fetch is answered at the first byte"
+            else:
+                assert fetcher._fetch_min_bytes == own_min_bytes
+            return fetcher._fetch_max_wait_ms
 
         for _ in range(150):  # whatever earlier tests left on the topic is read first
             if await wait_ms() == LONG_MS:
@@ -52,7 +65,7 @@ async def test_an_idle_consumer_long_polls_and_still_gets_a_record_at_once(setti
                 await asyncio.sleep(0.01)
             took = seen[str(env.event_id)] - sent
             assert took < 1.0, f"a record waited {took:.2f} s behind the idle long poll"
-            assert await wait_ms() == settings.fetch_max_wait_ms, "records flow: back to the short wait"
+            assert await wait_ms() == own_wait_ms, "records flow: back to the consumer's own fetch"
             await asyncio.sleep(1.5)  # idle again
             assert await wait_ms() == LONG_MS
     finally:

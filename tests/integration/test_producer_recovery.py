@@ -8,13 +8,15 @@ from shared import topics
 from shared.events import Envelope
 from shared.kafka import make_producer, send
 from shared.service import Runtime
-from tests.conftest import port
+from tests.conftest import APP_ENV, port
 from tests.integration.test_batch_consumer import request
 
 pytestmark = pytest.mark.stack
 
 
 async def test_a_broken_producer_is_replaced_and_the_new_one_sends(settings):
+    settings = settings.model_copy(update={"topic_prefix": f"{APP_ENV['BLONET_TOPIC_PREFIX']}renew."})
+    await topics.create_topics(settings)  # its own: the running notifier must not receive the request it sends
     rt = Runtime("routing", port(61), settings)
     rt.producer = make_producer(settings)
     await rt.producer.start()
