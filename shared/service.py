@@ -81,16 +81,24 @@ class Runtime:
                 f"BLONET_DB_{self.name.upper()}_PASSWORD (or db.{self.name} in BLONET_SECRETS_FILE) to its password") from None
 
     async def recover(self, exc: BaseException) -> None:
-        """Replace the producer when a failure says it cannot send again (failures.PRODUCER_BROKEN)."""
+        """Replace the producer when a failure says it cannot send again (failures.PRODUCER_BROKEN).
+
+        Never raises: while Kafka is away the old producer stays, and the next such failure tries again."""
         if not failures.producer_broken(exc):
             return
         async with self._renewing:
             # Every record in flight on the old producer fails alike: one replacement serves them all.
             if time.monotonic() - self._renewed_at < RENEW_EVERY_SECONDS:
                 return
+            fresh = make_producer(self.settings, self.producer_timeout_ms)
+            try:
+                await fresh.start()
+            except Exception:  # noqa: BLE001 - Kafka away: keep the old one for now
+                log.warning("replacing the producer failed; trying again at the next failure", exc_info=True)
+                await fresh.stop()
+                return
             self._renewed_at = time.monotonic()
-            old, self.producer = self.producer, make_producer(self.settings, self.producer_timeout_ms)
-            await self.producer.start()
+            old, self.producer = self.producer, fresh
             for consumer in self.consumers:
                 consumer.producer = self.producer
             log.warning("producer replaced: it had lost its sequence for a partition", extra={

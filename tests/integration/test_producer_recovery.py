@@ -33,6 +33,13 @@ async def test_a_broken_producer_is_replaced_and_the_new_one_sends(settings):
 
         env: Envelope = request()
         await (await send(rt.producer, settings.topic(topics.DELIVERIES_REQUESTED.name), "k", env))
+
+        # Kafka away (nothing listens on port 1): the replacement cannot start, so the old one stays.
+        away = Runtime("routing", port(62), settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"}))
+        away.producer = new
+        await away.recover(OutOfOrderSequenceNumber())
+        assert away.producer is new, "no half-started producer takes its place"
+        await away.engine.dispose()
     finally:
         await rt.producer.stop()
         await rt.engine.dispose()
