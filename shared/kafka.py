@@ -216,7 +216,8 @@ class EventConsumer:
         self.accepts = dict(accepts or {})  # topic -> the event types its producer publishes (checked when dead letters exist)
         self.producer: AIOKafkaProducer | None = None  # sends dead letters; the service's, set before run()
         self.gate = gate
-        self.on_outage = on_outage  # told of each outage failure before the retry (e.g. to replace a broken producer)
+        # Told of each outage failure before the retry (Runtime.recover: replace a broken producer); never raises.
+        self.on_outage = on_outage
         self._settled_at = float("-inf")
         self._done: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
@@ -426,10 +427,7 @@ class EventConsumer:
                 spans.failed(exc)
                 CONSUMER_RETRIES.labels(self.group).inc()
                 if self.on_outage is not None:
-                    try:
-                        await self.on_outage(exc)
-                    except Exception:  # noqa: BLE001 - still an outage: the next try tells
-                        log.warning("recovering from the outage failed", exc_info=True)
+                    await self.on_outage(exc)
                 await self._pause(pause)
                 pause = min(pause * 2, BACKOFF_SECONDS[1])
 
