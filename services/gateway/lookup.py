@@ -91,8 +91,10 @@ class AlertRows:
 
     async def get(self, alert_id: UUID, *, wait: bool = True) -> dict | None:
         """The alert's row: stored, or recently accepted here, or (waiting) stored by the projection soon."""
-        row, reserved = await self._stored(alert_id, ask_keys=wait and not minted_within(alert_id, self.hold))
+        # Memory first: the projection's NOTIFY may drop the entry while the read below is in flight,
+        # and then that read already sees the stored row; read the other way round, both can miss.
         mine = self._recent(alert_id)
+        row, reserved = await self._stored(alert_id, ask_keys=wait and not minted_within(alert_id, self.hold))
         if row is not None:
             if mine and row["cap_original"] is None and mine["cap_original"] and row["sender_agency"] == mine["sender_agency"]:
                 row = {**row, "cap": mine["cap"], "cap_original": mine["cap_original"]}  # the projection fills it in next
