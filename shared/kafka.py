@@ -78,7 +78,10 @@ def make_producer(settings: Settings, request_timeout_ms: int = 30_000) -> AIOKa
         **client_options(settings),
         enable_idempotence=True,  # implies acks=all; retries never duplicate or reorder
         acks="all",
-        linger_ms=1,
+        # No linger: a handler's sends of one loop pass leave in one request anyway (aiokafka drains
+        # when the loop next runs, one request in flight per broker batches what comes meanwhile);
+        # a linger only delayed every hop (bench: 1 ms per request, no fewer requests).
+        linger_ms=0,
         request_timeout_ms=request_timeout_ms,
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
         max_request_size=DEADLETTER_MAX_BYTES + 64 * 1024,  # the broker still enforces each topic's own limit
