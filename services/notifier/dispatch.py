@@ -332,8 +332,10 @@ class Dispatcher:
         if verdict.disable_endpoint:  # 410: the rest waits in the table until an operator enables it
             self.endpoints.setdefault(lane.endpoint, {})["enabled"] = False
             self._spill(lane, started)
-        log.info("delivery attempt", extra={"endpoint": row["endpoint"], "attempt": attempt, "state": verdict.state,
-                                            "http_status": outcome.status, "reason": verdict.reason})
+        # A delivery is in the audit trail, the metrics and `blonet deliveries`: the log keeps what needs a look.
+        level = logging.DEBUG if verdict.state == "delivered" else logging.INFO
+        log.log(level, "delivery attempt", extra={"endpoint": row["endpoint"], "attempt": attempt, "state": verdict.state,
+                                                  "http_status": outcome.status, "reason": verdict.reason})
 
     async def _send(self, row: dict, started: datetime) -> tuple[Outcome, str | None]:
         """Make one send; whatever goes wrong in it is a failed attempt, retried on the schedule.
