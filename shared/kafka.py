@@ -38,6 +38,11 @@ METADATA_MAX_AGE_MS = 15_000
 # With an offset gate, what the gate has finished is committed at most this often: the poll loop
 # does not wait for a commit round trip after every poll (a crash replays at most this much more).
 GATE_COMMIT_SECONDS = 0.2
+# A member found dead after SESSION_TIMEOUT_MS; heartbeats at a third of it (Kafka's own ratio and
+# default): a heartbeat is also how a member hears of a rebalance, so that waits up to 3 s more.
+# Six groups heartbeating every second were a third of an idle broker's requests.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 3_000
 
 
 SASL_MECHANISM = "SCRAM-SHA-512"
@@ -237,8 +242,8 @@ class EventConsumer:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             fetch_min_bytes=self.fetch_min_bytes,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
 

@@ -90,7 +90,8 @@ class ActiveDirectory:
 
     async def follow(self, stopping: asyncio.Event) -> None:
         """Read routing.rules from its start and keep following it; no consumer group, no offsets."""
-        consumer = make_consumer(self.settings, enable_auto_commit=False)
+        # A long poll: a new version is answered at once, and an idle follower costs the broker little.
+        consumer = make_consumer(self.settings, enable_auto_commit=False, fetch_max_wait_ms=self.settings.idle_fetch_max_wait_ms)
         tp = TopicPartition(self.settings.topic(topics.ROUTING_RULES.name), 0)
         await consumer.start()
         try:
