@@ -76,12 +76,21 @@ class Sessions:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._make = async_sessionmaker(engine, expire_on_commit=False)
+        self._autocommit = async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
     def __call__(self) -> AsyncSession:
         outer = _JOINED.get().get(self.engine)
         if outer is None:
             return self._make()
         return self._make(bind=outer, join_transaction_mode="create_savepoint")
+
+    def autocommit(self) -> AsyncSession:
+        """A session whose every statement commits by itself: no BEGIN and COMMIT round trips, for
+        work whose one write is one statement (reads before it need no snapshot of their own).
+        Inside `one_transaction` it is a savepoint of that transaction, like any other session."""
+        if self.engine in _JOINED.get():
+            return self()
+        return self._autocommit()
 
 
 def make_sessionmaker(engine: AsyncEngine) -> Sessions:

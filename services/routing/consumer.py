@@ -99,10 +99,10 @@ class RoutingHandler:
 
     async def __call__(self, records: Sequence[ConsumerRecord]) -> None:
         """One poll: read the threads it needs (one statement), decide in order, store every decision
-        (one statement), commit, then produce; the caller commits offsets only after every ack."""
+        (one statement, committed by itself), then produce; the caller commits offsets only after every ack."""
         causes = [Envelope.from_bytes(record.value) for record in records]
         outputs, rows = [], []
-        async with self.rt.sessions() as session:
+        async with self.rt.sessions.autocommit() as session:
             threads: dict = {}
             for row in await repository.thread_rows(session, list({c.thread_id for c in causes if needs_thread(c)})):
                 threads.setdefault(row["thread_id"], []).append(row)
