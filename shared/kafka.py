@@ -64,8 +64,11 @@ def client_options(settings: Settings) -> dict:
 
 
 def make_consumer(settings: Settings, *topics: str, **kwargs) -> AIOKafkaConsumer:
-    """Return a consumer logged in as this process's principal (`kwargs`: any aiokafka option)."""
-    return AIOKafkaConsumer(*topics, **client_options(settings), **kwargs)
+    """Return a consumer logged in as this process's principal (`kwargs`: any aiokafka option),
+    with BLOnet's session, heartbeat and metadata refresh unless `kwargs` names its own."""
+    defaults = {"session_timeout_ms": SESSION_TIMEOUT_MS, "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+                "metadata_max_age_ms": METADATA_MAX_AGE_MS}
+    return AIOKafkaConsumer(*topics, **client_options(settings), **{**defaults, **kwargs})
 
 
 def make_admin(settings: Settings, **kwargs) -> AIOKafkaAdminClient:
@@ -242,9 +245,6 @@ class EventConsumer:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             fetch_min_bytes=self.fetch_min_bytes,
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
 
     async def commit_done(self) -> None:

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     audit_fetch_max_wait_ms: int = 500
     audit_max_records: int = 500  # records per poll, all appended in one transaction
     # A consumer that has seen no record for `idle_after_seconds` long-polls with this wait instead
-    # of its own, so an idle system does not fetch 100 times a second (see BatchConsumer). The broker
+    # of its own, so an idle system does not fetch 100 times a second (see shared.kafka.EventConsumer). The broker
     # answers such a fetch at the first record, so a long wait delays nothing that arrives.
     idle_fetch_max_wait_ms: int = 2_000
     idle_after_seconds: float = 5.0

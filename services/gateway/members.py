@@ -20,7 +20,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from shared import topics
-from shared.kafka import HEARTBEAT_INTERVAL_MS, METADATA_MAX_AGE_MS, SESSION_TIMEOUT_MS, make_consumer
+from shared.kafka import make_consumer
 from shared.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class Members:
         s = self.rt.settings
         consumer = make_consumer(
             s, group_id=s.topic(GROUP), enable_auto_commit=False,
-            auto_offset_reset="latest", session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            fetch_max_wait_ms=s.idle_fetch_max_wait_ms, metadata_max_age_ms=METADATA_MAX_AGE_MS, partition_assignment_strategy=(counting_assignor(self._counted),))
+            auto_offset_reset="latest", fetch_max_wait_ms=s.idle_fetch_max_wait_ms,
+            partition_assignment_strategy=(counting_assignor(self._counted),))
         await consumer.start()
         try:
             consumer.subscribe([s.topic(topics.ROUTING_RULES.name)])
